@@ -1,0 +1,33 @@
+{
+  "variables": {
+    # node-gyp rebuild -- -Dasan=1 builds with AddressSanitizer.
+    "asan%": 0
+  },
+  "targets": [
+    {
+      "target_name": "cordon",
+      "sources": [
+        "src/addon.c",
+        "src/context.c",
+        "src/isolate.c",
+        "src/value.c",
+        "src/watchdog.c",
+        "src/engine/context.cc",
+        "src/engine/isolate.cc",
+        "src/engine/value.cc"
+      ],
+      "include_dirs": ["src"],
+      "defines": ["_GNU_SOURCE"],
+      "cflags_c": ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wno-unused-parameter"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "conditions": [
+        ["asan==1", {
+          "cflags": ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-O1"],
+          "cflags!": ["-O3"],
+          "ldflags": ["-fsanitize=address"]
+        }]
+      ]
+    }
+  ]
+}

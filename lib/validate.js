@@ -1,0 +1,64 @@
+'use strict';
+
+// First-tier validation (the native layer trusts what passes these).
+
+const { invalidArgType, invalidArgValue } = require('./errors');
+
+const MAX_TIMEOUT = 2 ** 32 - 1;
+const MAX_MEMORY_MB = 2 ** 20; // 1 TiB: beyond anything V8 accepts anyway
+const MIN_MEMORY_MB = 8;
+
+function validateString(value, name) {
+  if (typeof value !== 'string') throw invalidArgType(name, 'of type string', value);
+}
+
+function validateObject(value, name) {
+  if (value === null || typeof value !== 'object') {
+    throw invalidArgType(name, 'of type object', value);
+  }
+}
+
+function validateInt32(value, name) {
+  if (typeof value !== 'number') throw invalidArgType(name, 'of type number', value);
+  if (!Number.isInteger(value) || value < -(2 ** 31) || value > 2 ** 31 - 1) {
+    throw invalidArgValue(name, 'must be an integer between -2^31 and 2^31-1', value);
+  }
+}
+
+// undefined -> 0 (no deadline); otherwise an integer in [1, 2^32-1] ms, as
+// node:vm accepts.
+function validateTimeout(value, name) {
+  if (value === undefined) return 0;
+  if (typeof value !== 'number') throw invalidArgType(name, 'of type number', value);
+  if (!Number.isInteger(value) || value < 1 || value > MAX_TIMEOUT) {
+    throw invalidArgValue(name, `must be an integer from 1 to ${MAX_TIMEOUT}`, value);
+  }
+  return value;
+}
+
+function validateMemoryLimit(value, name) {
+  if (typeof value !== 'number') throw invalidArgType(name, 'of type number', value);
+  if (!Number.isInteger(value) || value < MIN_MEMORY_MB || value > MAX_MEMORY_MB) {
+    throw invalidArgValue(name, `must be an integer from ${MIN_MEMORY_MB} to ${MAX_MEMORY_MB}`, value);
+  }
+  return value;
+}
+
+// Read one option, turning a throwing getter into a coded error rather than
+// letting it escape half-way through a call.
+function getOption(options, key, name) {
+  try {
+    return options[key];
+  } catch (error) {
+    throw invalidArgValue(name, `could not be read (${error?.message ?? error})`, undefined);
+  }
+}
+
+module.exports = {
+  validateString,
+  validateObject,
+  validateInt32,
+  validateTimeout,
+  validateMemoryLimit,
+  getOption,
+};

@@ -1,0 +1,135 @@
+/* addon.c: module init and per-environment state.
+ *
+ * The addon is context-aware: each Node environment (the main thread, each
+ * worker thread) gets its own cdn_env_t through napi_set_instance_data, and
+ * nothing global is mutable.
+ *
+ * Teardown (DESIGN.md rule 5). When the environment goes away (normal exit,
+ * the end of a worker, worker.terminate()), Node runs its cleanup hooks with
+ * no JS on the stack: ours disposes every isolate still alive (each
+ * unregistered from the platform before Node tears the platform down),
+ * closes their loop handles and joins the watchdog. Host records that Node
+ * finalises afterwards find their isolate disposed and only drop
+ * references; the state itself is freed by whichever of the instance-data
+ * finaliser and the last isolate record lets go of it last.
+ * process.exit() skips cleanup hooks: the process ends with isolates alive,
+ * which is harmless since nothing runs them.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cordon.h"
+
+void cdn_abort(const char* file, int line, const char* expr) {
+  fprintf(stderr, "cordon: %s:%d: assertion failed: %s\n", file, line, expr);
+  fflush(stderr);
+  abort();
+}
+
+void cdn_throw_status(napi_env env, napi_status status, const char* call) {
+  bool pending = false;
+  char msg[256];
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
+  snprintf(msg, sizeof(msg), "cordon internal error %d in %s", (int)status,
+           call);
+  napi_throw_error(env, "ERR_CORDON_INTERNAL", msg);
+}
+
+cdn_env_t* cdn_env_get(napi_env env) {
+  void* data = NULL;
+  napi_get_instance_data(env, &data);
+  CDN_ASSERT(data != NULL);
+  return data;
+}
+
+void cdn_env_unref(cdn_env_t* cenv) {
+  if (--cenv->refs > 0) return;
+  wd_close(&cenv->wd);
+  free(cenv);
+}
+
+static napi_value cdn__str(napi_env env, const char* s) {
+  napi_value v = NULL;
+  if (s == NULL)
+    napi_get_undefined(env, &v);
+  else
+    napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+/* Build the error through lib's makeError(kind, name, message, stack,
+ * value) and throw it. Frees `v`. Always returns NULL. */
+napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v) {
+  napi_value argv[5], fn, global, err;
+  napi_status st;
+  cdn_value_t empty = {0};
+  if (v == NULL) v = &empty;
+  argv[0] = NULL;
+  napi_create_int32(env, kind, &argv[0]);
+  argv[1] = cdn__str(env, v->name);
+  argv[2] = cdn__str(env, v->message);
+  argv[3] = cdn__str(env, v->stack);
+  if (v->kind != CDN_VAL_ERROR && val_to_napi(env, v, &argv[4]) == napi_ok) {
+    /* a thrown value that is not an Error */
+  } else {
+    napi_get_undefined(env, &argv[4]);
+  }
+  cdn_value_free(v);
+  st = napi_get_reference_value(env, cenv->make_error, &fn);
+  if (st == napi_ok) st = napi_get_global(env, &global);
+  if (st == napi_ok) st = napi_call_function(env, global, fn, 5, argv, &err);
+  if (st == napi_ok) st = napi_throw(env, err);
+  if (st != napi_ok) cdn_throw_status(env, st, "makeError");
+  return NULL;
+}
+
+/* Cleanup hook: the environment is going away. */
+static void cdn__env_cleanup(void* arg) {
+  cdn_env_t* cenv = arg;
+  cenv->closing = 1;
+  while (cenv->isolates != NULL) iso_dispose(cenv->isolates);
+  wd_close(&cenv->wd);
+}
+
+static void cdn__env_finalize(napi_env env, void* data, void* hint) {
+  cdn_env_t* cenv = data;
+  (void)hint;
+  if (cenv->make_error != NULL) napi_delete_reference(env, cenv->make_error);
+  if (cenv->invoke != NULL) napi_delete_reference(env, cenv->invoke);
+  cenv->make_error = cenv->invoke = NULL;
+  cdn_env_unref(cenv);
+}
+
+/* setup(makeError, invoke): lib's hooks, once per environment. */
+static napi_value cdn__js_setup(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  cdn_env_t* cenv = cdn_env_get(env);
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CDN_ASSERT(cenv->make_error == NULL);
+  CDN_CALL(env, napi_create_reference(env, argv[0], 1, &cenv->make_error));
+  CDN_CALL(env, napi_create_reference(env, argv[1], 1, &cenv->invoke));
+  return NULL;
+}
+
+static napi_value cdn__init(napi_env env, napi_value exports) {
+  cdn_env_t* cenv = calloc(1, sizeof(*cenv));
+  napi_property_descriptor setup = {"setup", NULL, cdn__js_setup, NULL,
+                                    NULL,    NULL, napi_default,  NULL};
+  if (cenv == NULL) CDN_CALL(env, napi_generic_failure);
+  cenv->env = env;
+  cenv->refs = 1;
+  if (wd_init(&cenv->wd) != 0) {
+    free(cenv);
+    CDN_CALL(env, napi_generic_failure);
+  }
+  CDN_CALL(env, napi_get_uv_event_loop(env, &cenv->loop));
+  CDN_CALL(env, napi_set_instance_data(env, cenv, cdn__env_finalize, NULL));
+  CDN_CALL(env, napi_add_env_cleanup_hook(env, cdn__env_cleanup, cenv));
+  CDN_CALL(env, napi_define_properties(env, exports, 1, &setup));
+  if (iso_init_exports(env, exports) == NULL) return NULL;
+  if (ctx_init_exports(env, exports) == NULL) return NULL;
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, cdn__init)

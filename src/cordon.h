@@ -1,0 +1,129 @@
+/* cordon.h: the addon's private shared header (C11 over Node-API).
+ *
+ * Modules and prefixes:
+ *   addon.c     cdn_  module init, per-environment state, exports
+ *   isolate.c   iso_  host records of isolates; locked, deadline-bounded
+ *                     calls; the foreground-task wake-up
+ *   context.c   ctx_  contexts, scripts and runs
+ *   value.c     val_  napi values <-> cdn_value_t
+ *   watchdog.c  wd_   the deadline thread
+ *
+ * Validation of user arguments happens once, in lib/; this layer trusts its
+ * caller and only asserts.
+ */
+#ifndef CORDON_CORDON_H_
+#define CORDON_CORDON_H_
+
+#define NAPI_VERSION 8
+#include <node_api.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "engine/engine.h"
+#include "watchdog.h"
+
+/* Check a napi_status; on failure throw (unless an exception is already
+ * pending) and return NULL from the enclosing napi callback. */
+#define CDN_CALL(env, call)                                  \
+  do {                                                       \
+    napi_status cdn__s = (call);                             \
+    if (cdn__s != napi_ok) {                                 \
+      cdn_throw_status((env), cdn__s, #call);                \
+      return NULL;                                           \
+    }                                                        \
+  } while (0)
+
+/* The same for helpers that return a napi_status. */
+#define CDN_CHECK(call)                  \
+  do {                                   \
+    napi_status cdn__s = (call);         \
+    if (cdn__s != napi_ok) return cdn__s; \
+  } while (0)
+
+#define CDN_ASSERT(expr)                                         \
+  do {                                                           \
+    if (!(expr)) cdn_abort(__FILE__, __LINE__, #expr);           \
+  } while (0)
+
+#define container_of(ptr, type, member) \
+  ((type*)((char*)(ptr)-offsetof(type, member)))
+
+typedef struct cdn_env_s cdn_env_t;
+typedef struct iso_s iso_t;
+
+/* A host-side isolate: what an Isolate handle in lib/ points at. */
+struct iso_s {
+  cdn_env_t* env;
+  cdn_engine_isolate_t* engine; /* NULL once disposed */
+  int refs;                     /* host handle + contexts + scripts */
+  int depth;                    /* runs on the stack */
+  int dispose_pending;          /* dispose() was called during a run */
+  struct iso_wake_s* wake;      /* the loop handles that run its tasks */
+  wd_entry_t* top;              /* the innermost armed deadline */
+  iso_t* prev;
+  iso_t* next;
+};
+
+/* Per-environment state (napi_set_instance_data). Refcounted: the instance
+ * data holds one reference and every isolate record one, so that whichever
+ * of them Node finalises last frees it. */
+struct cdn_env_s {
+  napi_env env;
+  uv_loop_t* loop;
+  int refs;
+  int closing;
+  wd_t wd;
+  iso_t* isolates;
+  napi_ref make_error; /* lib's (kind, name, message, stack, value) */
+  napi_ref invoke;     /* lib's (fn, argsBuffer) for host callbacks */
+  /* live host records, for tests */
+  int64_t n_isolates;
+  int64_t n_contexts;
+  int64_t n_scripts;
+  int64_t n_callbacks;
+};
+
+void cdn_throw_status(napi_env env, napi_status status, const char* call);
+void cdn_abort(const char* file, int line, const char* expr);
+void cdn_env_unref(cdn_env_t* cenv);
+/* Throw the error lib/ builds for a failed call. `kind` is a status
+ * (cdn_status) or one of the CDN_K* below; `v` may hold the error. */
+enum { CDN_KDISPOSED = -100, CDN_KTIMEOUT = -101 };
+napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v);
+cdn_env_t* cdn_env_get(napi_env env);
+
+/* isolate.c */
+napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out);
+/* Dispose now, or when the run on the stack unwinds. Idempotent. */
+void iso_dispose(iso_t* iso);
+void iso_unref(iso_t* iso);
+/* The body of a locked call: runs with the isolate lock held. */
+typedef int (*iso_body_fn)(void* arg, cdn_value_t* out);
+/* Lock the isolate, arm `timeout_ms` (0: none), run `body`, disarm, cancel
+ * a termination of its own, run due tasks, unlock. Returns a cdn_status or
+ * CDN_KTIMEOUT / CDN_KDISPOSED. Host thread only (for now). */
+int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
+             cdn_value_t* out);
+napi_value iso_init_exports(napi_env env, napi_value exports);
+/* A host function handed to the engine (which releases it), or freed by
+ * iso_callback_free if it never got there. */
+napi_status iso_callback_new(cdn_env_t* cenv, napi_value fn, void** out);
+void iso_callback_free(void* cb);
+/* The record behind an Isolate handle. */
+iso_t* iso_from_handle(napi_env env, napi_value v);
+
+/* context.c */
+napi_value ctx_init_exports(napi_env env, napi_value exports);
+
+/* value.c */
+/* A JS string as UTF-16. Uses `stack_buf` (of `stack_len` units) when it
+ * fits; otherwise *out is malloc'd and *heap set. */
+napi_status val_get_utf16(napi_env env, napi_value v, uint16_t* stack_buf,
+                          size_t stack_len, uint16_t** out, size_t* len,
+                          int* heap);
+napi_status val_to_napi(napi_env env, const cdn_value_t* v, napi_value* out);
+/* A Buffer/Uint8Array (serialised bytes), a string, or a primitive. Borrows
+ * the Buffer's memory. */
+napi_status val_from_napi(napi_env env, napi_value v, cdn_value_t* out);
+
+#endif /* CORDON_CORDON_H_ */

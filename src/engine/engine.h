@@ -1,0 +1,189 @@
+/* engine.h: the C face of cordon's V8 adapter.
+ *
+ * Only src/engine/ includes v8.h; everything else sees the opaque handles and
+ * plain C types declared here. The engine never sees a napi_* type: what it
+ * must hold of the host (a host callback) it holds as an opaque pointer
+ * together with the host's hooks to call and release it.
+ *
+ * Calls return a cdn_status (0 or a negative code) and fill out-parameters,
+ * libuv style. CDN_ETERMINATED is distinct from CDN_EEXCEPTION so that a
+ * timeout never looks like an ordinary exception.
+ *
+ * Threads: an isolate may be used from any thread, but only between
+ * cdn_engine_lock() and cdn_engine_unlock() on that thread (a v8::Locker
+ * underneath). Functions that need the lock say so; the others are
+ * thread-safe.
+ */
+#ifndef CORDON_ENGINE_H_
+#define CORDON_ENGINE_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+  CDN_OK = 0,
+  CDN_EEXCEPTION = -1,  /* sandbox code threw; the value holds the error */
+  CDN_ETERMINATED = -2, /* execution was terminated (deadline or dispose) */
+  CDN_ECLONE = -3,      /* a value could not be copied across; see value */
+  CDN_ENOMEM = -4,      /* the sandbox ran out of its memory limit */
+  CDN_EINTERNAL = -5    /* the engine could not complete the call */
+} cdn_status;
+
+typedef struct cdn_engine_isolate_s cdn_engine_isolate_t;
+typedef struct cdn_engine_context_s cdn_engine_context_t;
+typedef struct cdn_engine_script_s cdn_engine_script_t;
+
+/* A value crossing the boundary. Owned buffers are malloc'd and freed by
+ * cdn_value_free(). Objects travel in V8's serialisation format, with
+ * ArrayBufferViews written as Node's v8.Serializer writes them, so the host
+ * reads them with v8.deserialize(). */
+typedef enum {
+  CDN_VAL_UNDEFINED = 0,
+  CDN_VAL_NULL,
+  CDN_VAL_BOOL,
+  CDN_VAL_NUMBER,
+  CDN_VAL_LATIN1, /* str8, len */
+  CDN_VAL_UTF16,  /* str16, len (in code units) */
+  CDN_VAL_BYTES,  /* bytes, len: a serialised value */
+  CDN_VAL_ERROR   /* an Error: name, message, stack (UTF-8) */
+} cdn_value_kind;
+
+typedef struct {
+  cdn_value_kind kind;
+  int boolean;
+  double number;
+  size_t len;
+  union {
+    uint8_t* str8;
+    uint16_t* str16;
+    uint8_t* bytes;
+  } u;
+  /* CDN_VAL_ERROR, and the reason of a CDN_ECLONE. */
+  char* name;
+  char* message;
+  char* stack;
+  /* Set when u points at memory the value does not own. */
+  int borrowed;
+} cdn_value_t;
+
+void cdn_value_free(cdn_value_t* v);
+
+/* Hooks through which the engine reaches the host. Given once per isolate. */
+typedef struct {
+  void* data;
+  /* The isolate has foreground tasks (or releases) to run. Any thread may
+   * call it, including V8's background threads; it must only signal. */
+  void (*wake)(void* data);
+  /* Call the host callback `cb` with `args` (CDN_VAL_BYTES: a serialised
+   * array). Called on the thread that holds the isolate lock, which is the
+   * host's thread for a sync run, with the host isolate entered. Fills
+   * `result` with a value, or a CDN_VAL_ERROR to throw in the sandbox. */
+  void (*call)(void* data, void* cb, const cdn_value_t* args,
+               cdn_value_t* result);
+  /* Release the host callback `cb`. Called on the host's thread. */
+  void (*release)(void* data, void* cb);
+} cdn_host_hooks_t;
+
+typedef struct {
+  size_t memory_limit_mb; /* 0: V8's default heap size */
+} cdn_isolate_options_t;
+
+/* Create an isolate registered with the embedder's platform, foreground
+ * tasks routed to a queue of its own. Call on the host's JS thread (it asks
+ * the current host context for the platform). */
+int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
+                           const cdn_host_hooks_t* hooks,
+                           cdn_engine_isolate_t** out);
+
+/* Free everything the isolate owns, unregister it from the platform and
+ * dispose it. Nothing may hold its lock. Call on the host's thread. */
+void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso);
+
+/* Take / release the isolate's lock and enter it. Recursive on one thread
+ * (a host callback may run code in the same isolate again). */
+void cdn_engine_lock(cdn_engine_isolate_t* iso);
+void cdn_engine_unlock(cdn_engine_isolate_t* iso);
+
+/* Thread-safe: stop the JS running in the isolate, if any. */
+void cdn_engine_terminate(cdn_engine_isolate_t* iso);
+/* With the lock held: cancel a termination requested by terminate(). */
+void cdn_engine_cancel_terminate(cdn_engine_isolate_t* iso);
+
+/* Thread-safe: nonzero if foreground tasks or releases are due now. */
+int cdn_engine_has_work(cdn_engine_isolate_t* iso);
+/* With the lock held: run the due foreground tasks and pending releases.
+ * Sets *next_ms to the delay until the next delayed task (-1: none).
+ * Returns CDN_ETERMINATED if a task was terminated. */
+int cdn_engine_run_tasks(cdn_engine_isolate_t* iso, int64_t* next_ms);
+
+/* With the lock held: a full garbage collection of the sandbox heap. */
+void cdn_engine_gc(cdn_engine_isolate_t* iso);
+
+typedef struct {
+  size_t total_heap_size;
+  size_t used_heap_size;
+  size_t heap_size_limit;
+  size_t external_memory;
+  size_t contexts;
+  size_t scripts;
+  size_t callbacks;
+} cdn_heap_stats_t;
+
+/* With the lock held. */
+void cdn_engine_heap_stats(cdn_engine_isolate_t* iso, cdn_heap_stats_t* out);
+
+/* A host function exposed as a global of a new context. */
+typedef struct {
+  const uint16_t* name;
+  size_t name_len;
+  void* cb; /* handed back to hooks->call and hooks->release */
+} cdn_callback_t;
+
+/* With the lock held: a new context. `globals` (CDN_VAL_BYTES of a
+ * serialised object, or CDN_VAL_UNDEFINED) has its own enumerable
+ * properties copied onto the global object; each callback becomes a
+ * function global. Ownership of every cb passes to the engine, even on
+ * failure; it is released through hooks->release. */
+int cdn_engine_context_new(cdn_engine_isolate_t* iso, const cdn_value_t* globals,
+                           const cdn_callback_t* callbacks, size_t ncallbacks,
+                           cdn_engine_context_t** out, cdn_value_t* err);
+
+/* Thread-safe: free the context the next time the isolate's lock is held
+ * (it wakes the isolate). After this the handle must not be used. */
+void cdn_engine_context_release(cdn_engine_context_t* ctx);
+
+typedef struct {
+  const uint16_t* code;
+  size_t code_len;
+  const uint16_t* filename;
+  size_t filename_len;
+  int line_offset;
+  int column_offset;
+} cdn_source_t;
+
+/* With the lock held: compile and run `src` in `ctx`, run the microtasks it
+ * queued, and copy the completion value into `out`. */
+int cdn_engine_run(cdn_engine_context_t* ctx, const cdn_source_t* src,
+                   cdn_value_t* out);
+
+/* With the lock held: compile `src` once, unbound to any context. */
+int cdn_engine_script_new(cdn_engine_isolate_t* iso, const cdn_source_t* src,
+                          cdn_engine_script_t** out, cdn_value_t* err);
+/* Thread-safe, like cdn_engine_context_release. */
+void cdn_engine_script_release(cdn_engine_script_t* script);
+/* With the lock held: run a compiled script in a context of its isolate. */
+int cdn_engine_script_run(cdn_engine_script_t* script,
+                          cdn_engine_context_t* ctx, cdn_value_t* out);
+
+cdn_engine_isolate_t* cdn_engine_context_isolate(cdn_engine_context_t* ctx);
+cdn_engine_isolate_t* cdn_engine_script_isolate(cdn_engine_script_t* script);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CORDON_ENGINE_H_ */

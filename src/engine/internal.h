@@ -1,0 +1,196 @@
+// internal.h: the engine's private C++ types. Included only by src/engine/.
+#ifndef CORDON_ENGINE_INTERNAL_H_
+#define CORDON_ENGINE_INTERNAL_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include <node.h>
+#include <v8.h>
+
+#include "engine.h"
+
+namespace cordon {
+
+// Monotonic nanoseconds, for due times of delayed tasks.
+inline uint64_t NowNs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+
+// Something the isolate owns and frees under its lock: a context or a
+// compiled script. Records form an intrusive list on their isolate so that
+// disposing the isolate frees the ones the host never released.
+class Record {
+ public:
+  explicit Record(cdn_engine_isolate_t* iso);
+  virtual ~Record();
+  Record(const Record&) = delete;
+  Record& operator=(const Record&) = delete;
+
+  cdn_engine_isolate_t* iso() const { return iso_; }
+
+ private:
+  friend struct ::cdn_engine_isolate_s;
+  cdn_engine_isolate_t* iso_;
+  Record* prev_ = nullptr;
+  Record* next_ = nullptr;
+};
+
+// The isolate's foreground task queue. V8 posts to it from any thread; the
+// engine drains it under the isolate's lock (see docs/design.md, "Foreground
+// tasks"). Releases of records queue here too, so that any thread may drop a
+// record and the thread that next holds the lock frees it.
+class TaskQueue final : public v8::TaskRunner {
+ public:
+  explicit TaskQueue(const cdn_host_hooks_t& hooks) : hooks_(hooks) {}
+
+  // v8::TaskRunner. Any thread.
+  void PostTask(std::unique_ptr<v8::Task> task) override;
+  void PostNonNestableTask(std::unique_ptr<v8::Task> task) override;
+  void PostDelayedTask(std::unique_ptr<v8::Task> task, double delay) override;
+  void PostNonNestableDelayedTask(std::unique_ptr<v8::Task> task,
+                                  double delay) override;
+  void PostIdleTask(std::unique_ptr<v8::IdleTask> task) override;
+  bool IdleTasksEnabled() override { return false; }
+  bool NonNestableTasksEnabled() const override { return true; }
+  bool NonNestableDelayedTasksEnabled() const override { return true; }
+
+  // Any thread.
+  void PostRelease(Record* record);
+  bool HasWork() const;
+
+  // Under the isolate lock: move out what is due. *next_ms is the delay
+  // until the next delayed task, or -1.
+  void TakeDue(std::vector<std::unique_ptr<v8::Task>>* tasks,
+               std::vector<Record*>* releases, int64_t* next_ms);
+
+  // Under the isolate lock, at dispose: drop every task, and any posted
+  // later; stop calling the wake hook.
+  void Close(std::vector<Record*>* releases);
+
+ private:
+  struct Delayed {
+    uint64_t due_ns;
+    std::unique_ptr<v8::Task> task;
+  };
+  void Wake();  // with mu_ held
+
+  cdn_host_hooks_t hooks_;
+  mutable std::mutex mu_;
+  bool closed_ = false;
+  std::deque<std::unique_ptr<v8::Task>> ready_;
+  std::vector<Delayed> delayed_;
+  std::vector<Record*> releases_;
+  // ready_ + releases_ sizes, and the earliest due time, for a lock-free
+  // HasWork() after every run.
+  std::atomic<size_t> pending_{0};
+  std::atomic<uint64_t> next_due_ns_{UINT64_MAX};
+};
+
+// Hands Node's platform our task queue for the sandbox isolate.
+class PlatformDelegate final : public node::IsolatePlatformDelegate {
+ public:
+  explicit PlatformDelegate(std::shared_ptr<TaskQueue> queue)
+      : queue_(std::move(queue)) {}
+  std::shared_ptr<v8::TaskRunner> GetForegroundTaskRunner() override {
+    return queue_;
+  }
+  bool IdleTasksEnabled() override { return false; }
+
+ private:
+  std::shared_ptr<TaskQueue> queue_;
+};
+
+}  // namespace cordon
+
+struct cdn_engine_isolate_s {
+  v8::Isolate* isolate = nullptr;
+  // The host isolate of the thread that created this one: entered around
+  // host callbacks, since Node's internals ask Isolate::GetCurrent().
+  v8::Isolate* host_isolate = nullptr;
+  node::MultiIsolatePlatform* platform = nullptr;
+  cdn_host_hooks_t hooks{};
+  std::unique_ptr<v8::ArrayBuffer::Allocator> allocator;
+  std::shared_ptr<cordon::TaskQueue> tasks;
+  std::unique_ptr<cordon::PlatformDelegate> delegate;
+
+  // Lock state. Only the thread that holds the lock touches these.
+  std::unique_ptr<v8::Locker> locker;
+  int lock_depth = 0;
+
+  // Records not yet freed, for dispose.
+  cordon::Record* records = nullptr;
+  size_t contexts = 0;
+  size_t scripts = 0;
+  size_t callbacks = 0;
+
+  // Set by the near-heap-limit callback; reported as CDN_ENOMEM.
+  std::atomic<bool> out_of_memory{false};
+  size_t heap_limit = 0;
+
+  // A context user code never runs in: compiles unbound scripts.
+  v8::Global<v8::Context> internal_context;
+
+  void Link(cordon::Record* r);
+  void Unlink(cordon::Record* r);
+};
+
+namespace cordon {
+
+// A host function exposed in a context. Owned by its context.
+struct Callback {
+  cdn_engine_isolate_t* iso;
+  void* cb;
+};
+
+class ContextRecord final : public Record {
+ public:
+  explicit ContextRecord(cdn_engine_isolate_t* iso) : Record(iso) {
+    iso->contexts++;
+  }
+  ~ContextRecord() override;
+
+  v8::Global<v8::Context> context;
+  std::vector<std::unique_ptr<Callback>> callbacks;
+};
+
+class ScriptRecord final : public Record {
+ public:
+  explicit ScriptRecord(cdn_engine_isolate_t* iso) : Record(iso) {
+    iso->scripts++;
+  }
+  ~ScriptRecord() override;
+
+  v8::Global<v8::UnboundScript> script;
+};
+
+// value.cc: values across the boundary. With the lock held and a context
+// entered. They return CDN_OK, CDN_ECLONE (reason in `out`), or
+// CDN_ETERMINATED.
+int ToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
+           v8::Local<v8::Value> value, cdn_value_t* out);
+// Returns false with an exception scheduled in the sandbox on failure.
+bool FromHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
+              const cdn_value_t* in, v8::Local<v8::Value>* out);
+// The error a sandbox exception becomes on the host side.
+int ExceptionToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
+                    v8::TryCatch* try_catch, bool compiling, cdn_value_t* out);
+// Throw a host-described error (CDN_VAL_ERROR) in the sandbox.
+void ThrowInSandbox(v8::Isolate* isolate, const cdn_value_t* error);
+// isolate.cc: after an out-of-memory termination, with the lock held.
+void RestoreHeapLimit(cdn_engine_isolate_t* iso);
+// Fill `out` with a CDN_VAL_ERROR.
+void SetError(cdn_value_t* out, const char* name, const char* message);
+
+}  // namespace cordon
+
+#endif  // CORDON_ENGINE_INTERNAL_H_

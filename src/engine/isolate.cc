@@ -1,0 +1,288 @@
+// isolate.cc: sandbox isolates, their lock, and their foreground tasks.
+//
+// Foreground tasks. V8 posts foreground tasks (GC finalisation, memory
+// reducer, FinalizationRegistry cleanup, many delayed) for every isolate,
+// from any thread. For a sandbox isolate they must run under its v8::Locker,
+// whichever thread runs them. So the isolate is registered with Node's
+// platform through an IsolatePlatformDelegate
+// (MultiIsolatePlatform::RegisterIsolate between Isolate::Allocate and
+// Isolate::Initialize) whose task runner is our TaskQueue: posting only
+// queues under a mutex and calls the host's wake hook; the thread that holds
+// the lock drains the queue, after each run and from the host's wake-up when
+// the isolate is idle. Delayed tasks wait in the queue until they are due.
+// Node's own per-isolate runner would run them unlocked on a libuv loop,
+// which is only safe while no other thread ever holds the isolate.
+#include <algorithm>
+#include <cstdlib>
+
+#include "internal.h"
+
+using v8::HandleScope;
+using v8::Isolate;
+using v8::Local;
+
+namespace cordon {
+
+Record::Record(cdn_engine_isolate_t* iso) : iso_(iso) {
+  iso->Link(this);
+}
+
+Record::~Record() {
+  iso_->Unlink(this);
+}
+
+void TaskQueue::Wake() {
+  if (!closed_ && hooks_.wake != nullptr) hooks_.wake(hooks_.data);
+}
+
+void TaskQueue::PostTask(std::unique_ptr<v8::Task> task) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return;  // dropped: the isolate is going away
+  ready_.push_back(std::move(task));
+  pending_.fetch_add(1, std::memory_order_release);
+  Wake();
+}
+
+void TaskQueue::PostNonNestableTask(std::unique_ptr<v8::Task> task) {
+  // Tasks only ever run at the top level of a lock, never nested in JS.
+  PostTask(std::move(task));
+}
+
+void TaskQueue::PostDelayedTask(std::unique_ptr<v8::Task> task, double delay) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return;
+  uint64_t due = NowNs() + static_cast<uint64_t>(std::max(delay, 0.0) * 1e9);
+  delayed_.push_back(Delayed{due, std::move(task)});
+  if (due < next_due_ns_.load(std::memory_order_relaxed))
+    next_due_ns_.store(due, std::memory_order_release);
+  Wake();
+}
+
+void TaskQueue::PostNonNestableDelayedTask(std::unique_ptr<v8::Task> task,
+                                           double delay) {
+  PostDelayedTask(std::move(task), delay);
+}
+
+void TaskQueue::PostIdleTask(std::unique_ptr<v8::IdleTask> task) {
+  // IdleTasksEnabled() is false, so V8 does not post these. Drop it.
+}
+
+void TaskQueue::PostRelease(Record* record) {
+  std::lock_guard<std::mutex> lock(mu_);
+  releases_.push_back(record);
+  pending_.fetch_add(1, std::memory_order_release);
+  Wake();
+}
+
+bool TaskQueue::HasWork() const {
+  if (pending_.load(std::memory_order_acquire) != 0) return true;
+  return next_due_ns_.load(std::memory_order_acquire) <= NowNs();
+}
+
+void TaskQueue::TakeDue(std::vector<std::unique_ptr<v8::Task>>* tasks,
+                        std::vector<Record*>* releases, int64_t* next_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t now = NowNs();
+  uint64_t next = UINT64_MAX;
+  for (auto& t : ready_) tasks->push_back(std::move(t));
+  ready_.clear();
+  for (size_t i = 0; i < delayed_.size();) {
+    if (delayed_[i].due_ns <= now) {
+      tasks->push_back(std::move(delayed_[i].task));
+      delayed_[i] = std::move(delayed_.back());
+      delayed_.pop_back();
+    } else {
+      next = std::min(next, delayed_[i].due_ns);
+      i++;
+    }
+  }
+  releases->insert(releases->end(), releases_.begin(), releases_.end());
+  releases_.clear();
+  pending_.store(0, std::memory_order_release);
+  next_due_ns_.store(next, std::memory_order_release);
+  *next_ms = next == UINT64_MAX
+                 ? -1
+                 : static_cast<int64_t>((next - now + 999999) / 1000000);
+}
+
+void TaskQueue::Close(std::vector<Record*>* releases) {
+  std::deque<std::unique_ptr<v8::Task>> ready;
+  std::vector<Delayed> delayed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    ready.swap(ready_);
+    delayed.swap(delayed_);
+    releases->insert(releases->end(), releases_.begin(), releases_.end());
+    releases_.clear();
+    pending_.store(0);
+    next_due_ns_.store(UINT64_MAX);
+  }
+  // The tasks are destroyed here, outside the mutex, while the isolate is
+  // still alive: a cancelable task's destructor talks to its isolate.
+}
+
+// V8 calls this, on the thread running the isolate, when the heap nears its
+// limit. Rather than let V8 abort the process, stop the run and give the
+// heap room to unwind; the run reports CDN_ENOMEM.
+static size_t NearHeapLimit(void* data, size_t current, size_t initial) {
+  auto* iso = static_cast<cdn_engine_isolate_t*>(data);
+  iso->out_of_memory.store(true);
+  iso->isolate->TerminateExecution();
+  return current + std::max<size_t>(initial / 2, 16u << 20);
+}
+
+void RestoreHeapLimit(cdn_engine_isolate_t* iso) {
+  iso->isolate->RemoveNearHeapLimitCallback(NearHeapLimit, iso->heap_limit);
+  iso->isolate->AddNearHeapLimitCallback(NearHeapLimit, iso);
+}
+
+}  // namespace cordon
+
+using cordon::Record;
+
+void cdn_engine_isolate_s::Link(Record* r) {
+  r->next_ = records;
+  if (records != nullptr) records->prev_ = r;
+  records = r;
+}
+
+void cdn_engine_isolate_s::Unlink(Record* r) {
+  if (r->prev_ != nullptr) r->prev_->next_ = r->next_;
+  if (r->next_ != nullptr) r->next_->prev_ = r->prev_;
+  if (records == r) records = r->next_;
+  r->prev_ = r->next_ = nullptr;
+}
+
+extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
+                                      const cdn_host_hooks_t* hooks,
+                                      cdn_engine_isolate_t** out) {
+  Isolate* host = Isolate::GetCurrent();
+  if (host == nullptr || !host->InContext()) return CDN_EINTERNAL;
+  node::Environment* env = node::GetCurrentEnvironment(host->GetCurrentContext());
+  if (env == nullptr) return CDN_EINTERNAL;
+  node::MultiIsolatePlatform* platform = node::GetMultiIsolatePlatform(env);
+  if (platform == nullptr) return CDN_EINTERNAL;
+
+  auto* iso = new cdn_engine_isolate_t();
+  iso->host_isolate = host;
+  iso->platform = platform;
+  iso->hooks = *hooks;
+  iso->allocator.reset(v8::ArrayBuffer::Allocator::NewDefaultAllocator());
+  iso->tasks = std::make_shared<cordon::TaskQueue>(*hooks);
+  iso->delegate = std::make_unique<cordon::PlatformDelegate>(iso->tasks);
+
+  Isolate::CreateParams params;
+  params.array_buffer_allocator = iso->allocator.get();
+  if (opts->memory_limit_mb > 0) {
+    params.constraints.ConfigureDefaultsFromHeapSize(
+        0, opts->memory_limit_mb * (size_t{1} << 20));
+  }
+  iso->isolate = Isolate::Allocate();
+  platform->RegisterIsolate(iso->isolate, iso->delegate.get());
+  Isolate::Initialize(iso->isolate, params);
+
+  {
+    v8::Locker locker(iso->isolate);
+    Isolate::Scope isolate_scope(iso->isolate);
+    HandleScope handle_scope(iso->isolate);
+    Isolate* isolate = iso->isolate;
+    // cordon runs the microtask checkpoint itself, inside the armed deadline.
+    isolate->SetMicrotasksPolicy(v8::MicrotasksPolicy::kExplicit);
+    isolate->AddNearHeapLimitCallback(cordon::NearHeapLimit, iso);
+    iso->internal_context.Reset(isolate, v8::Context::New(isolate));
+    v8::HeapStatistics hs;
+    isolate->GetHeapStatistics(&hs);
+    iso->heap_limit = hs.heap_size_limit();
+  }
+  *out = iso;
+  return CDN_OK;
+}
+
+extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
+  Isolate* isolate = iso->isolate;
+  {
+    v8::Locker locker(isolate);
+    Isolate::Scope isolate_scope(isolate);
+    HandleScope handle_scope(isolate);
+    std::vector<Record*> releases;
+    iso->tasks->Close(&releases);
+    for (Record* r : releases) delete r;
+    while (iso->records != nullptr) delete iso->records;
+    iso->internal_context.Reset();
+  }
+  // As Node does for its workers: unregister right before Dispose, with no
+  // lock held.
+  iso->platform->UnregisterIsolate(isolate);
+  isolate->Dispose();
+  delete iso;
+}
+
+extern "C" void cdn_engine_lock(cdn_engine_isolate_t* iso) {
+  if (!v8::Locker::IsLocked(iso->isolate)) {
+    // Built apart and then stored: another thread may still own the slot
+    // while this one waits for the lock.
+    auto locker = std::make_unique<v8::Locker>(iso->isolate);
+    iso->locker = std::move(locker);
+  }
+  iso->lock_depth++;
+  iso->isolate->Enter();
+}
+
+extern "C" void cdn_engine_unlock(cdn_engine_isolate_t* iso) {
+  iso->isolate->Exit();
+  if (--iso->lock_depth == 0) iso->locker.reset();
+}
+
+extern "C" void cdn_engine_terminate(cdn_engine_isolate_t* iso) {
+  iso->isolate->TerminateExecution();
+}
+
+extern "C" void cdn_engine_cancel_terminate(cdn_engine_isolate_t* iso) {
+  iso->isolate->CancelTerminateExecution();
+}
+
+extern "C" int cdn_engine_has_work(cdn_engine_isolate_t* iso) {
+  return iso->tasks->HasWork() ? 1 : 0;
+}
+
+extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,
+                                    int64_t* next_ms) {
+  Isolate* isolate = iso->isolate;
+  std::vector<std::unique_ptr<v8::Task>> tasks;
+  std::vector<Record*> releases;
+  iso->tasks->TakeDue(&tasks, &releases, next_ms);
+  HandleScope handle_scope(isolate);
+  for (Record* r : releases) delete r;
+  for (auto& task : tasks) {
+    task->Run();
+    if (isolate->IsExecutionTerminating()) return CDN_ETERMINATED;
+  }
+  return CDN_OK;
+}
+
+extern "C" void cdn_engine_gc(cdn_engine_isolate_t* iso) {
+  iso->isolate->LowMemoryNotification();
+}
+
+extern "C" void cdn_engine_heap_stats(cdn_engine_isolate_t* iso,
+                                      cdn_heap_stats_t* out) {
+  v8::HeapStatistics hs;
+  iso->isolate->GetHeapStatistics(&hs);
+  out->total_heap_size = hs.total_heap_size();
+  out->used_heap_size = hs.used_heap_size();
+  out->heap_size_limit = hs.heap_size_limit();
+  out->external_memory = hs.external_memory();
+  out->contexts = iso->contexts;
+  out->scripts = iso->scripts;
+  out->callbacks = iso->callbacks;
+}
+
+extern "C" void cdn_value_free(cdn_value_t* v) {
+  if (v == nullptr) return;
+  if (!v->borrowed) free(v->u.bytes);
+  free(v->name);
+  free(v->message);
+  free(v->stack);
+  *v = cdn_value_t{};
+}

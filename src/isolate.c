@@ -1,0 +1,436 @@
+/* isolate.c: host records of sandbox isolates, locked and deadline-bounded
+ * calls into them, and the wake-up that runs their foreground tasks on the
+ * host's event loop while they are idle.
+ *
+ * Everything here runs on the thread of the environment that created the
+ * isolate, except iso__wake(), which V8 may call from any thread.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cordon.h"
+
+/* Deadline for one drain of an isolate's foreground tasks: a
+ * FinalizationRegistry callback is sandbox code and may loop. */
+#define ISO_TASK_TIMEOUT_MS 1000
+
+/* The loop handles of one isolate. Freed when both have closed, which may
+ * be after the isolate record itself is gone. */
+struct iso_wake_s {
+  uv_async_t async;
+  uv_timer_t timer;
+  iso_t* iso; /* NULL once the isolate is disposed */
+  int closing;
+};
+
+/* A host function callable from the sandbox: handed to the engine as an
+ * opaque pointer, released through iso__release. */
+typedef struct {
+  cdn_env_t* cenv;
+  napi_ref fn;
+} iso_callback_t;
+
+static void iso__run_tasks_locked(iso_t* iso);
+
+/* Nonzero when `e` fired: cancels that termination, and terminates again if
+ * an enclosing run of the same isolate had also passed its deadline (the
+ * cancel just cleared that one's request too). */
+static int iso__disarm(iso_t* iso, wd_entry_t* e) {
+  int fired = wd_disarm(&iso->env->wd, e);
+  iso->top = e->outer;
+  if (fired) {
+    cdn_engine_cancel_terminate(iso->engine);
+    if (e->outer != NULL) wd_refire(&iso->env->wd, e->outer);
+  }
+  return fired;
+}
+
+int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
+             cdn_value_t* out) {
+  cdn_engine_isolate_t* eng = iso->engine;
+  wd_entry_t entry;
+  int armed = 0;
+  int err;
+  CDN_ASSERT(eng != NULL);
+  memset(out, 0, sizeof(*out));
+  cdn_engine_lock(eng);
+  iso->depth++;
+  if (timeout_ms > 0) {
+    uint64_t ns = (uint64_t)(timeout_ms * 1e6);
+    entry.outer = iso->top;
+    if (wd_arm(&iso->env->wd, &entry, eng, ns) != 0) {
+      iso->depth--;
+      cdn_engine_unlock(eng);
+      return CDN_EINTERNAL;
+    }
+    armed = 1;
+    iso->top = &entry;
+  }
+  err = body(arg, out);
+  if (armed && iso__disarm(iso, &entry)) {
+    cdn_value_free(out);
+    err = CDN_KTIMEOUT;
+  }
+  iso->depth--;
+  if (iso->dispose_pending) {
+    cdn_value_free(out);
+    err = CDN_KDISPOSED;
+  } else if (iso->depth == 0 && cdn_engine_has_work(eng)) {
+    iso__run_tasks_locked(iso);
+  }
+  cdn_engine_unlock(eng);
+  if (iso->depth == 0 && iso->dispose_pending) iso_dispose(iso);
+  return err;
+}
+
+static void iso__timer_cb(uv_timer_t* timer);
+
+/* With the lock held, at the top level: run due tasks under a deadline and
+ * arm the loop timer for the next delayed one. */
+static void iso__run_tasks_locked(iso_t* iso) {
+  wd_entry_t entry;
+  int64_t next_ms = -1;
+  int armed;
+  entry.outer = NULL;
+  armed =
+      wd_arm(&iso->env->wd, &entry, iso->engine,
+             (uint64_t)ISO_TASK_TIMEOUT_MS * 1000000) == 0;
+  (void)cdn_engine_run_tasks(iso->engine, &next_ms);
+  if (armed) (void)iso__disarm(iso, &entry);
+  if (iso->wake != NULL) {
+    if (next_ms >= 0)
+      uv_timer_start(&iso->wake->timer, iso__timer_cb, (uint64_t)next_ms, 0);
+    else
+      uv_timer_stop(&iso->wake->timer);
+  }
+}
+
+static void iso__pump(struct iso_wake_s* wake) {
+  iso_t* iso = wake->iso;
+  if (iso == NULL || iso->engine == NULL || iso->depth > 0) return;
+  cdn_engine_lock(iso->engine);
+  iso__run_tasks_locked(iso);
+  cdn_engine_unlock(iso->engine);
+}
+
+static void iso__async_cb(uv_async_t* async) {
+  iso__pump(container_of(async, struct iso_wake_s, async));
+}
+
+static void iso__timer_cb(uv_timer_t* timer) {
+  iso__pump(container_of(timer, struct iso_wake_s, timer));
+}
+
+static void iso__wake_close_cb(uv_handle_t* handle) {
+  struct iso_wake_s* wake = handle->data;
+  if (--wake->closing == 0) free(wake);
+}
+
+/* Any thread: V8 posted a task. The engine stops calling this before the
+ * isolate is disposed, so the handle is alive. */
+static void iso__wake(void* data) {
+  iso_t* iso = data;
+  uv_async_send(&iso->wake->async);
+}
+
+/* Host thread, inside a run: call a host function for the sandbox. */
+static void iso__call(void* data, void* cbp, const cdn_value_t* args,
+                      cdn_value_t* result) {
+  iso_t* iso = data;
+  iso_callback_t* cb = cbp;
+  napi_env env = iso->env->env;
+  napi_handle_scope scope;
+  napi_value argv[2], invoke, global, ret;
+  bool is_buffer = false, is_array = false;
+  void* bytes;
+  size_t len;
+
+  if (napi_open_handle_scope(env, &scope) != napi_ok) {
+    result->kind = CDN_VAL_ERROR;
+    result->name = strdup("Error");
+    result->message = strdup("the host is shutting down");
+    return;
+  }
+  if (napi_get_reference_value(env, cb->fn, &argv[0]) != napi_ok ||
+      napi_get_reference_value(env, iso->env->invoke, &invoke) != napi_ok ||
+      val_to_napi(env, args, &argv[1]) != napi_ok ||
+      napi_get_global(env, &global) != napi_ok ||
+      napi_call_function(env, global, invoke, 2, argv, &ret) != napi_ok) {
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    goto fail;
+  }
+  /* lib's invoke() returns the serialised result, or [name, message]. */
+  napi_is_buffer(env, ret, &is_buffer);
+  if (is_buffer && napi_get_buffer_info(env, ret, &bytes, &len) == napi_ok) {
+    result->kind = CDN_VAL_BYTES;
+    result->u.bytes = malloc(len > 0 ? len : 1);
+    if (result->u.bytes == NULL) goto fail;
+    memcpy(result->u.bytes, bytes, len);
+    result->len = len;
+    napi_close_handle_scope(env, scope);
+    return;
+  }
+  napi_is_array(env, ret, &is_array);
+  if (is_array) {
+    napi_value name, message;
+    size_t n;
+    char buf[1024];
+    if (napi_get_element(env, ret, 0, &name) == napi_ok &&
+        napi_get_element(env, ret, 1, &message) == napi_ok &&
+        napi_get_value_string_utf8(env, name, buf, sizeof(buf), &n) ==
+            napi_ok) {
+      result->kind = CDN_VAL_ERROR;
+      result->name = strdup(buf);
+      if (napi_get_value_string_utf8(env, message, NULL, 0, &n) == napi_ok &&
+          (result->message = malloc(n + 1)) != NULL &&
+          napi_get_value_string_utf8(env, message, result->message, n + 1,
+                                     &n) == napi_ok) {
+        napi_close_handle_scope(env, scope);
+        return;
+      }
+    }
+  }
+fail:
+  cdn_value_free(result);
+  result->kind = CDN_VAL_ERROR;
+  result->name = strdup("Error");
+  result->message = strdup("the host callback failed");
+  napi_close_handle_scope(env, scope);
+}
+
+/* Host thread: the engine is done with a host function. */
+static void iso__release(void* data, void* cbp) {
+  iso_callback_t* cb = cbp;
+  (void)data;
+  napi_delete_reference(cb->cenv->env, cb->fn);
+  cb->cenv->n_callbacks--;
+  free(cb);
+}
+
+napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
+  cdn_isolate_options_t opts;
+  cdn_host_hooks_t hooks;
+  iso_t* iso = calloc(1, sizeof(*iso));
+  struct iso_wake_s* wake = calloc(1, sizeof(*wake));
+  if (iso == NULL || wake == NULL) {
+    free(iso);
+    free(wake);
+    return napi_generic_failure;
+  }
+  iso->env = cenv;
+  iso->refs = 1;
+  iso->wake = wake;
+  wake->iso = iso;
+  wake->async.data = wake;
+  wake->timer.data = wake;
+  if (uv_async_init(cenv->loop, &wake->async, iso__async_cb) != 0) {
+    free(iso);
+    free(wake);
+    return napi_generic_failure;
+  }
+  uv_timer_init(cenv->loop, &wake->timer);
+  /* Sandbox housekeeping never keeps the host process alive. */
+  uv_unref((uv_handle_t*)&wake->async);
+  uv_unref((uv_handle_t*)&wake->timer);
+
+  opts.memory_limit_mb = memory_limit_mb;
+  hooks.data = iso;
+  hooks.wake = iso__wake;
+  hooks.call = iso__call;
+  hooks.release = iso__release;
+  if (cdn_engine_isolate_new(&opts, &hooks, &iso->engine) != CDN_OK) {
+    iso->engine = NULL;
+    wake->iso = NULL;
+    wake->closing = 2;
+    uv_close((uv_handle_t*)&wake->async, iso__wake_close_cb);
+    uv_close((uv_handle_t*)&wake->timer, iso__wake_close_cb);
+    free(iso);
+    return napi_generic_failure;
+  }
+  cenv->refs++;
+  cenv->n_isolates++;
+  iso->next = cenv->isolates;
+  if (cenv->isolates != NULL) cenv->isolates->prev = iso;
+  cenv->isolates = iso;
+  *out = iso;
+  return napi_ok;
+}
+
+void iso_dispose(iso_t* iso) {
+  struct iso_wake_s* wake = iso->wake;
+  cdn_env_t* cenv = iso->env;
+  if (iso->engine == NULL) return;
+  if (iso->depth > 0) {
+    /* Called from a host callback inside a run of this isolate: stop the
+     * run; iso_call() finishes the dispose once it has unwound. */
+    iso->dispose_pending = 1;
+    cdn_engine_terminate(iso->engine);
+    return;
+  }
+  cdn_engine_isolate_dispose(iso->engine);
+  iso->engine = NULL;
+  iso->wake = NULL;
+  wake->iso = NULL;
+  wake->closing = 2;
+  uv_close((uv_handle_t*)&wake->async, iso__wake_close_cb);
+  uv_close((uv_handle_t*)&wake->timer, iso__wake_close_cb);
+  if (iso->prev != NULL)
+    iso->prev->next = iso->next;
+  else
+    cenv->isolates = iso->next;
+  if (iso->next != NULL) iso->next->prev = iso->prev;
+  iso->prev = iso->next = NULL;
+}
+
+void iso_unref(iso_t* iso) {
+  cdn_env_t* cenv = iso->env;
+  if (--iso->refs > 0) return;
+  iso_dispose(iso);
+  CDN_ASSERT(iso->engine == NULL);
+  free(iso);
+  cenv->n_isolates--;
+  cdn_env_unref(cenv);
+}
+
+/* ---- exports ---------------------------------------------------------- */
+
+static void iso__finalize(napi_env env, void* data, void* hint) {
+  (void)env;
+  (void)hint;
+  iso_unref(data);
+}
+
+iso_t* iso_from_handle(napi_env env, napi_value v) {
+  void* p = NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
+  return p;
+}
+
+/* isolateNew(memoryLimitMB) -> handle */
+static napi_value iso__js_new(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ext;
+  double limit;
+  iso_t* iso;
+  cdn_env_t* cenv = cdn_env_get(env);
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CDN_CALL(env, napi_get_value_double(env, argv[0], &limit));
+  CDN_CALL(env, iso_new(cenv, (size_t)limit, &iso));
+  if (napi_create_external(env, iso, iso__finalize, NULL, &ext) != napi_ok) {
+    iso_unref(iso);
+    CDN_CALL(env, napi_generic_failure);
+  }
+  return ext;
+}
+
+static napi_value iso__js_dispose(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  iso_dispose(iso_from_handle(env, argv[0]));
+  return NULL;
+}
+
+static int iso__gc_body(void* arg, cdn_value_t* out) {
+  (void)out;
+  cdn_engine_gc(arg);
+  return CDN_OK;
+}
+
+static napi_value iso__js_gc(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  cdn_value_t out;
+  iso_t* iso;
+  int err;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  iso = iso_from_handle(env, argv[0]);
+  if (iso->engine == NULL) return cdn_throw(env, iso->env, CDN_KDISPOSED, NULL);
+  err = iso_call(iso, 0, iso__gc_body, iso->engine, &out);
+  if (err != CDN_OK) return cdn_throw(env, iso->env, err, &out);
+  return NULL;
+}
+
+static napi_status iso__set_num(napi_env env, napi_value obj, const char* key,
+                                double v) {
+  napi_value n;
+  CDN_CHECK(napi_create_double(env, v, &n));
+  return napi_set_named_property(env, obj, key, n);
+}
+
+static int iso__stats_body(void* arg, cdn_value_t* out) {
+  (void)out;
+  cdn_engine_heap_stats(((void**)arg)[0], ((void**)arg)[1]);
+  return CDN_OK;
+}
+
+static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], obj;
+  cdn_value_t out;
+  cdn_heap_stats_t hs;
+  void* args[2];
+  iso_t* iso;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  iso = iso_from_handle(env, argv[0]);
+  if (iso->engine == NULL) return cdn_throw(env, iso->env, CDN_KDISPOSED, NULL);
+  args[0] = iso->engine;
+  args[1] = &hs;
+  (void)iso_call(iso, 0, iso__stats_body, args, &out);
+  CDN_CALL(env, napi_create_object(env, &obj));
+  CDN_CALL(env, iso__set_num(env, obj, "totalHeapSize", (double)hs.total_heap_size));
+  CDN_CALL(env, iso__set_num(env, obj, "usedHeapSize", (double)hs.used_heap_size));
+  CDN_CALL(env, iso__set_num(env, obj, "heapSizeLimit", (double)hs.heap_size_limit));
+  CDN_CALL(env, iso__set_num(env, obj, "externalMemory", (double)hs.external_memory));
+  CDN_CALL(env, iso__set_num(env, obj, "contexts", (double)hs.contexts));
+  CDN_CALL(env, iso__set_num(env, obj, "scripts", (double)hs.scripts));
+  CDN_CALL(env, iso__set_num(env, obj, "callbacks", (double)hs.callbacks));
+  return obj;
+}
+
+/* liveRecords() -> counts of host records alive in this environment. */
+static napi_value iso__js_live(napi_env env, napi_callback_info info) {
+  napi_value obj;
+  cdn_env_t* cenv = cdn_env_get(env);
+  (void)info;
+  CDN_CALL(env, napi_create_object(env, &obj));
+  CDN_CALL(env, iso__set_num(env, obj, "isolates", (double)cenv->n_isolates));
+  CDN_CALL(env, iso__set_num(env, obj, "contexts", (double)cenv->n_contexts));
+  CDN_CALL(env, iso__set_num(env, obj, "scripts", (double)cenv->n_scripts));
+  CDN_CALL(env, iso__set_num(env, obj, "callbacks", (double)cenv->n_callbacks));
+  return obj;
+}
+
+/* A host function for the engine: the reference is the engine's now. */
+napi_status iso_callback_new(cdn_env_t* cenv, napi_value fn, void** out) {
+  iso_callback_t* cb = malloc(sizeof(*cb));
+  if (cb == NULL) return napi_generic_failure;
+  cb->cenv = cenv;
+  if (napi_create_reference(cenv->env, fn, 1, &cb->fn) != napi_ok) {
+    free(cb);
+    return napi_generic_failure;
+  }
+  cenv->n_callbacks++;
+  *out = cb;
+  return napi_ok;
+}
+
+void iso_callback_free(void* cb) {
+  iso__release(NULL, cb);
+}
+
+napi_value iso_init_exports(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"isolateNew", NULL, iso__js_new, NULL, NULL, NULL, napi_default, NULL},
+      {"isolateDispose", NULL, iso__js_dispose, NULL, NULL, NULL, napi_default,
+       NULL},
+      {"isolateGc", NULL, iso__js_gc, NULL, NULL, NULL, napi_default, NULL},
+      {"isolateStats", NULL, iso__js_stats, NULL, NULL, NULL, napi_default,
+       NULL},
+      {"liveRecords", NULL, iso__js_live, NULL, NULL, NULL, napi_default, NULL},
+  };
+  CDN_CALL(env, napi_define_properties(env, exports,
+                                       sizeof(props) / sizeof(props[0]), props));
+  return exports;
+}

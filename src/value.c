@@ -1,0 +1,106 @@
+/* value.c: napi values <-> cdn_value_t. Host thread only. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cordon.h"
+
+napi_status val_get_utf16(napi_env env, napi_value v, uint16_t* stack_buf,
+                          size_t stack_len, uint16_t** out, size_t* len,
+                          int* heap) {
+  size_t n;
+  uint16_t* buf;
+  *heap = 0;
+  /* One copy when it fits the stack buffer; napi writes at most len-1 units
+   * and a terminator, so a full buffer means "maybe more". */
+  CDN_CHECK(napi_get_value_string_utf16(env, v, (char16_t*)stack_buf,
+                                        stack_len, &n));
+  if (n + 1 < stack_len) {
+    *out = stack_buf;
+    *len = n;
+    return napi_ok;
+  }
+  CDN_CHECK(napi_get_value_string_utf16(env, v, NULL, 0, &n));
+  buf = malloc((n + 1) * sizeof(uint16_t));
+  if (buf == NULL) return napi_generic_failure;
+  CDN_CHECK(napi_get_value_string_utf16(env, v, (char16_t*)buf, n + 1, &n));
+  *out = buf;
+  *len = n;
+  *heap = 1;
+  return napi_ok;
+}
+
+napi_status val_to_napi(napi_env env, const cdn_value_t* v, napi_value* out) {
+  switch (v->kind) {
+    case CDN_VAL_UNDEFINED:
+      return napi_get_undefined(env, out);
+    case CDN_VAL_NULL:
+      return napi_get_null(env, out);
+    case CDN_VAL_BOOL:
+      return napi_get_boolean(env, v->boolean != 0, out);
+    case CDN_VAL_NUMBER:
+      return napi_create_double(env, v->number, out);
+    case CDN_VAL_LATIN1:
+      return napi_create_string_latin1(env, (const char*)v->u.str8, v->len,
+                                       out);
+    case CDN_VAL_UTF16:
+      return napi_create_string_utf16(env, (const char16_t*)v->u.str16, v->len,
+                                      out);
+    case CDN_VAL_BYTES:
+      return napi_create_buffer_copy(env, v->len, v->u.bytes, NULL, out);
+    case CDN_VAL_ERROR:
+      break;
+  }
+  return napi_invalid_arg;
+}
+
+napi_status val_from_napi(napi_env env, napi_value v, cdn_value_t* out) {
+  napi_valuetype type;
+  bool is_typed;
+  memset(out, 0, sizeof(*out));
+  CDN_CHECK(napi_typeof(env, v, &type));
+  switch (type) {
+    case napi_undefined:
+      out->kind = CDN_VAL_UNDEFINED;
+      return napi_ok;
+    case napi_null:
+      out->kind = CDN_VAL_NULL;
+      return napi_ok;
+    case napi_boolean: {
+      bool b;
+      CDN_CHECK(napi_get_value_bool(env, v, &b));
+      out->kind = CDN_VAL_BOOL;
+      out->boolean = b;
+      return napi_ok;
+    }
+    case napi_number:
+      out->kind = CDN_VAL_NUMBER;
+      return napi_get_value_double(env, v, &out->number);
+    case napi_string: {
+      size_t n;
+      CDN_CHECK(napi_get_value_string_utf16(env, v, NULL, 0, &n));
+      out->u.str16 = malloc((n + 1) * sizeof(uint16_t));
+      if (out->u.str16 == NULL) return napi_generic_failure;
+      out->kind = CDN_VAL_UTF16;
+      return napi_get_value_string_utf16(env, v, (char16_t*)out->u.str16,
+                                         n + 1, &out->len);
+    }
+    case napi_object:
+      CDN_CHECK(napi_is_typedarray(env, v, &is_typed));
+      if (is_typed) {
+        napi_typedarray_type tt;
+        void* data;
+        size_t length;
+        CDN_CHECK(napi_get_typedarray_info(env, v, &tt, &length, &data, NULL,
+                                           NULL));
+        if (tt != napi_uint8_array) return napi_invalid_arg;
+        out->kind = CDN_VAL_BYTES;
+        out->u.bytes = data;
+        out->len = length;
+        out->borrowed = 1;
+        return napi_ok;
+      }
+      return napi_invalid_arg;
+    default:
+      return napi_invalid_arg;
+  }
+}
