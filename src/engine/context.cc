@@ -60,6 +60,12 @@ void CallHost(const FunctionCallbackInfo<Value>& info) {
   iso->hooks.call(iso->hooks.data, cb->cb, &args, &result);
   iso->host_isolate->Exit();
   cdn_value_free(&args);
+  if (isolate->IsExecutionTerminating()) {
+    // The deadline passed (or the isolate is being disposed) while the host
+    // ran: unwind without touching the result.
+    cdn_value_free(&result);
+    return;
+  }
 
   Local<Value> value;
   if (FromHost(isolate, context, &result, &value)) {
@@ -154,7 +160,11 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
       return CDN_EINTERNAL;
     }
     fn->SetName(name);
-    global->Set(context, name, fn).Check();
+    if (global->Set(context, name, fn).IsNothing()) {
+      delete rec;
+      cordon::SetError(err, "Error", "could not define a host function");
+      return CDN_EINTERNAL;
+    }
   }
   rec->context.Reset(isolate, context);
   *out = reinterpret_cast<cdn_engine_context_t*>(rec);

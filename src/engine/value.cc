@@ -294,10 +294,10 @@ void ThrowInSandbox(Isolate* isolate, const cdn_value_t* error) {
     if (strcmp(name, "Error") != 0) {
       Local<String> n;
       if (String::NewFromUtf8(isolate, name).ToLocal(&n)) {
-        exc.As<Object>()
-            ->Set(isolate->GetCurrentContext(),
-                  String::NewFromUtf8Literal(isolate, "name"), n)
-            .Check();
+        // Fails only while terminating, when the error is moot anyway.
+        (void)exc.As<Object>()->Set(isolate->GetCurrentContext(),
+                                    String::NewFromUtf8Literal(isolate, "name"),
+                                    n);
       }
     }
   }
