@@ -1,7 +1,7 @@
 {
   "variables": {
-    # node-gyp rebuild -- -Dasan=1 builds with AddressSanitizer.
-    "asan%": 0
+    # node-gyp rebuild -- -Dcordon_asan=1 builds with AddressSanitizer.
+    "cordon_asan%": 0
   },
   "targets": [
     {
@@ -22,7 +22,7 @@
       "cflags_cc": ["-std=c++17", "-Wall", "-Wno-unused-parameter"],
       "cflags_cc!": ["-fno-exceptions"],
       "conditions": [
-        ["asan==1", {
+        ["cordon_asan==1", {
           "cflags": ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-O1"],
           "cflags!": ["-O3"],
           "ldflags": ["-fsanitize=address"]
