@@ -317,7 +317,7 @@ napi_value ctx_init_exports(napi_env env, napi_value exports) {
       {"scriptRun", NULL, ctx__js_script_run, NULL, NULL, NULL, napi_default,
        NULL},
   };
-  CDN_CALL(env, napi_define_properties(env, exports,
-                                       sizeof(props) / sizeof(props[0]), props));
+  CDN_CALL(env, napi_define_properties(
+                    env, exports, sizeof(props) / sizeof(props[0]), props));
   return exports;
 }

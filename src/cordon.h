@@ -24,25 +24,25 @@
 
 /* Check a napi_status; on failure throw (unless an exception is already
  * pending) and return NULL from the enclosing napi callback. */
-#define CDN_CALL(env, call)                                  \
-  do {                                                       \
-    napi_status cdn__s = (call);                             \
-    if (cdn__s != napi_ok) {                                 \
-      cdn_throw_status((env), cdn__s, #call);                \
-      return NULL;                                           \
-    }                                                        \
+#define CDN_CALL(env, call)                   \
+  do {                                        \
+    napi_status cdn__s = (call);              \
+    if (cdn__s != napi_ok) {                  \
+      cdn_throw_status((env), cdn__s, #call); \
+      return NULL;                            \
+    }                                         \
   } while (0)
 
 /* The same for helpers that return a napi_status. */
-#define CDN_CHECK(call)                  \
-  do {                                   \
-    napi_status cdn__s = (call);         \
+#define CDN_CHECK(call)                   \
+  do {                                    \
+    napi_status cdn__s = (call);          \
     if (cdn__s != napi_ok) return cdn__s; \
   } while (0)
 
-#define CDN_ASSERT(expr)                                         \
-  do {                                                           \
-    if (!(expr)) cdn_abort(__FILE__, __LINE__, #expr);           \
+#define CDN_ASSERT(expr)                               \
+  do {                                                 \
+    if (!(expr)) cdn_abort(__FILE__, __LINE__, #expr); \
   } while (0)
 
 #define container_of(ptr, type, member) \

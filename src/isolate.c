@@ -92,9 +92,8 @@ static void iso__run_tasks_locked(iso_t* iso) {
   int64_t next_ms = -1;
   int armed;
   entry.outer = NULL;
-  armed =
-      wd_arm(&iso->env->wd, &entry, iso->engine,
-             (uint64_t)ISO_TASK_TIMEOUT_MS * 1000000) == 0;
+  armed = wd_arm(&iso->env->wd, &entry, iso->engine,
+                 (uint64_t)ISO_TASK_TIMEOUT_MS * 1000000) == 0;
   (void)cdn_engine_run_tasks(iso->engine, &next_ms);
   if (armed) (void)iso__disarm(iso, &entry);
   if (iso->wake != NULL) {
@@ -379,10 +378,14 @@ static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
   args[1] = &hs;
   (void)iso_call(iso, 0, iso__stats_body, args, &out);
   CDN_CALL(env, napi_create_object(env, &obj));
-  CDN_CALL(env, iso__set_num(env, obj, "totalHeapSize", (double)hs.total_heap_size));
-  CDN_CALL(env, iso__set_num(env, obj, "usedHeapSize", (double)hs.used_heap_size));
-  CDN_CALL(env, iso__set_num(env, obj, "heapSizeLimit", (double)hs.heap_size_limit));
-  CDN_CALL(env, iso__set_num(env, obj, "externalMemory", (double)hs.external_memory));
+  CDN_CALL(env,
+           iso__set_num(env, obj, "totalHeapSize", (double)hs.total_heap_size));
+  CDN_CALL(env,
+           iso__set_num(env, obj, "usedHeapSize", (double)hs.used_heap_size));
+  CDN_CALL(env,
+           iso__set_num(env, obj, "heapSizeLimit", (double)hs.heap_size_limit));
+  CDN_CALL(env, iso__set_num(env, obj, "externalMemory",
+                             (double)hs.external_memory));
   CDN_CALL(env, iso__set_num(env, obj, "contexts", (double)hs.contexts));
   CDN_CALL(env, iso__set_num(env, obj, "scripts", (double)hs.scripts));
   CDN_CALL(env, iso__set_num(env, obj, "callbacks", (double)hs.callbacks));
@@ -430,7 +433,7 @@ napi_value iso_init_exports(napi_env env, napi_value exports) {
        NULL},
       {"liveRecords", NULL, iso__js_live, NULL, NULL, NULL, napi_default, NULL},
   };
-  CDN_CALL(env, napi_define_properties(env, exports,
-                                       sizeof(props) / sizeof(props[0]), props));
+  CDN_CALL(env, napi_define_properties(
+                    env, exports, sizeof(props) / sizeof(props[0]), props));
   return exports;
 }

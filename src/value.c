@@ -12,8 +12,8 @@ napi_status val_get_utf16(napi_env env, napi_value v, uint16_t* stack_buf,
   *heap = 0;
   /* One copy when it fits the stack buffer; napi writes at most len-1 units
    * and a terminator, so a full buffer means "maybe more". */
-  CDN_CHECK(napi_get_value_string_utf16(env, v, (char16_t*)stack_buf,
-                                        stack_len, &n));
+  CDN_CHECK(
+      napi_get_value_string_utf16(env, v, (char16_t*)stack_buf, stack_len, &n));
   if (n + 1 < stack_len) {
     *out = stack_buf;
     *len = n;
@@ -81,8 +81,8 @@ napi_status val_from_napi(napi_env env, napi_value v, cdn_value_t* out) {
       out->u.str16 = malloc((n + 1) * sizeof(uint16_t));
       if (out->u.str16 == NULL) return napi_generic_failure;
       out->kind = CDN_VAL_UTF16;
-      return napi_get_value_string_utf16(env, v, (char16_t*)out->u.str16,
-                                         n + 1, &out->len);
+      return napi_get_value_string_utf16(env, v, (char16_t*)out->u.str16, n + 1,
+                                         &out->len);
     }
     case napi_object:
       CDN_CHECK(napi_is_typedarray(env, v, &is_typed));
@@ -90,8 +90,8 @@ napi_status val_from_napi(napi_env env, napi_value v, cdn_value_t* out) {
         napi_typedarray_type tt;
         void* data;
         size_t length;
-        CDN_CHECK(napi_get_typedarray_info(env, v, &tt, &length, &data, NULL,
-                                           NULL));
+        CDN_CHECK(
+            napi_get_typedarray_info(env, v, &tt, &length, &data, NULL, NULL));
         if (tt != napi_uint8_array) return napi_invalid_arg;
         out->kind = CDN_VAL_BYTES;
         out->u.bytes = data;

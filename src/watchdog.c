@@ -65,7 +65,8 @@ int wd_arm(wd_t* wd, wd_entry_t* e, cdn_engine_isolate_t* iso,
            uint64_t timeout_ns) {
   int err = 0;
   uint64_t now = uv_hrtime();
-  e->deadline = timeout_ns > UINT64_MAX - now ? UINT64_MAX - 1 : now + timeout_ns;
+  e->deadline =
+      timeout_ns > UINT64_MAX - now ? UINT64_MAX - 1 : now + timeout_ns;
   e->iso = iso;
   e->fired = 0;
   e->prev = NULL;

@@ -81,9 +81,8 @@ describe('timeouts', () => {
   it('should bound a host callback that re-enters the sandbox, inner and outer', () => {
     const iso = new cordon.Isolate();
     try {
-      let ctx;
       const hostCalls = [];
-      ctx = iso.createContext({
+      const ctx = iso.createContext({
         reenter(code, timeout) {
           try {
             return cordon.runInContext(code, ctx, timeout ? { timeout } : undefined);

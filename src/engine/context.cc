@@ -116,7 +116,8 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
   HandleScope handle_scope(isolate);
   auto* rec = new ContextRecord(iso);
   for (size_t i = 0; i < ncallbacks; i++) {
-    rec->callbacks.push_back(std::make_unique<Callback>(Callback{iso, callbacks[i].cb}));
+    rec->callbacks.push_back(
+        std::make_unique<Callback>(Callback{iso, callbacks[i].cb}));
     iso->callbacks++;
   }
   *err = cdn_value_t{};
@@ -133,7 +134,8 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
   if (globals->kind == CDN_VAL_BYTES) {
     Local<Value> v;
     Local<v8::Array> keys;
-    bool ok = cordon::FromHost(isolate, context, globals, &v) && v->IsObject() &&
+    bool ok = cordon::FromHost(isolate, context, globals, &v) &&
+              v->IsObject() &&
               v.As<Object>()->GetOwnPropertyNames(context).ToLocal(&keys);
     for (uint32_t i = 0; ok && i < keys->Length(); i++) {
       Local<Value> key, val;
@@ -149,8 +151,8 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
   }
   for (size_t i = 0; i < ncallbacks; i++) {
     Local<v8::Function> fn;
-    Local<String> name = cordon::MakeString(isolate, callbacks[i].name,
-                                            callbacks[i].name_len);
+    Local<String> name =
+        cordon::MakeString(isolate, callbacks[i].name, callbacks[i].name_len);
     if (!v8::Function::New(context, cordon::CallHost,
                            External::New(isolate, rec->callbacks[i].get()), 0,
                            v8::ConstructorBehavior::kThrow)
@@ -208,8 +210,8 @@ extern "C" int cdn_engine_run(cdn_engine_context_t* ctx,
     return cordon::Status(
         iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, out));
   }
-  return cordon::Status(iso,
-                        cordon::Finish(isolate, context, &try_catch, result, out));
+  return cordon::Status(
+      iso, cordon::Finish(isolate, context, &try_catch, result, out));
 }
 
 extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
@@ -229,7 +231,8 @@ extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
                           src->column_offset);
   ScriptCompiler::Source source(code, origin);
   Local<v8::UnboundScript> script;
-  if (!ScriptCompiler::CompileUnboundScript(isolate, &source).ToLocal(&script)) {
+  if (!ScriptCompiler::CompileUnboundScript(isolate, &source)
+           .ToLocal(&script)) {
     return cordon::Status(
         iso, cordon::ExceptionToHost(isolate, context, &try_catch, true, err));
   }
@@ -267,6 +270,6 @@ extern "C" int cdn_engine_script_run(cdn_engine_script_t* script,
     return cordon::Status(
         iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, out));
   }
-  return cordon::Status(iso,
-                        cordon::Finish(isolate, context, &try_catch, result, out));
+  return cordon::Status(
+      iso, cordon::Finish(isolate, context, &try_catch, result, out));
 }

@@ -148,7 +148,8 @@ typedef struct {
  * properties copied onto the global object; each callback becomes a
  * function global. Ownership of every cb passes to the engine, even on
  * failure; it is released through hooks->release. */
-int cdn_engine_context_new(cdn_engine_isolate_t* iso, const cdn_value_t* globals,
+int cdn_engine_context_new(cdn_engine_isolate_t* iso,
+                           const cdn_value_t* globals,
                            const cdn_callback_t* callbacks, size_t ncallbacks,
                            cdn_engine_context_t** out, cdn_value_t* err);
 

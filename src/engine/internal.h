@@ -36,7 +36,9 @@ class Record {
   Record(const Record&) = delete;
   Record& operator=(const Record&) = delete;
 
-  cdn_engine_isolate_t* iso() const { return iso_; }
+  cdn_engine_isolate_t* iso() const {
+    return iso_;
+  }
 
  private:
   friend struct ::cdn_engine_isolate_s;
@@ -60,9 +62,15 @@ class TaskQueue final : public v8::TaskRunner {
   void PostNonNestableDelayedTask(std::unique_ptr<v8::Task> task,
                                   double delay) override;
   void PostIdleTask(std::unique_ptr<v8::IdleTask> task) override;
-  bool IdleTasksEnabled() override { return false; }
-  bool NonNestableTasksEnabled() const override { return true; }
-  bool NonNestableDelayedTasksEnabled() const override { return true; }
+  bool IdleTasksEnabled() override {
+    return false;
+  }
+  bool NonNestableTasksEnabled() const override {
+    return true;
+  }
+  bool NonNestableDelayedTasksEnabled() const override {
+    return true;
+  }
 
   // Any thread.
   void PostRelease(Record* record);
@@ -104,7 +112,9 @@ class PlatformDelegate final : public node::IsolatePlatformDelegate {
   std::shared_ptr<v8::TaskRunner> GetForegroundTaskRunner() override {
     return queue_;
   }
-  bool IdleTasksEnabled() override { return false; }
+  bool IdleTasksEnabled() override {
+    return false;
+  }
 
  private:
   std::shared_ptr<TaskQueue> queue_;

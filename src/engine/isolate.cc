@@ -159,7 +159,8 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
                                       cdn_engine_isolate_t** out) {
   Isolate* host = Isolate::GetCurrent();
   if (host == nullptr || !host->InContext()) return CDN_EINTERNAL;
-  node::Environment* env = node::GetCurrentEnvironment(host->GetCurrentContext());
+  node::Environment* env =
+      node::GetCurrentEnvironment(host->GetCurrentContext());
   if (env == nullptr) return CDN_EINTERNAL;
   node::MultiIsolatePlatform* platform = node::GetMultiIsolatePlatform(env);
   if (platform == nullptr) return CDN_EINTERNAL;

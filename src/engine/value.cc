@@ -57,12 +57,17 @@ char* ToUtf8(Isolate* isolate, Local<Value> v) {
 
 class Serializer final : public v8::ValueSerializer::Delegate {
  public:
-  explicit Serializer(Isolate* isolate) : isolate_(isolate), ser_(isolate, this) {
+  explicit Serializer(Isolate* isolate)
+      : isolate_(isolate), ser_(isolate, this) {
     ser_.SetTreatArrayBufferViewsAsHostObjects(true);
   }
 
-  v8::ValueSerializer* ser() { return &ser_; }
-  const std::string& reason() const { return reason_; }
+  v8::ValueSerializer* ser() {
+    return &ser_;
+  }
+  const std::string& reason() const {
+    return reason_;
+  }
 
   void ThrowDataCloneError(Local<String> message) override {
     String::Utf8Value utf8(isolate_, message);
@@ -72,23 +77,34 @@ class Serializer final : public v8::ValueSerializer::Delegate {
 
   Maybe<bool> WriteHostObject(Isolate* isolate, Local<Object> object) override {
     if (!object->IsArrayBufferView()) {
-      ThrowDataCloneError(
-          String::NewFromUtf8Literal(isolate, "a host object could not be cloned"));
+      ThrowDataCloneError(String::NewFromUtf8Literal(
+          isolate, "a host object could not be cloned"));
       return v8::Nothing<bool>();
     }
     Local<v8::ArrayBufferView> view = object.As<v8::ArrayBufferView>();
     uint32_t type = kDataView;
-    if (view->IsInt8Array()) type = kInt8;
-    else if (view->IsUint8Array()) type = kUint8;
-    else if (view->IsUint8ClampedArray()) type = kUint8Clamped;
-    else if (view->IsInt16Array()) type = kInt16;
-    else if (view->IsUint16Array()) type = kUint16;
-    else if (view->IsInt32Array()) type = kInt32;
-    else if (view->IsUint32Array()) type = kUint32;
-    else if (view->IsFloat32Array()) type = kFloat32;
-    else if (view->IsFloat64Array()) type = kFloat64;
-    else if (view->IsBigInt64Array()) type = kBigInt64;
-    else if (view->IsBigUint64Array()) type = kBigUint64;
+    if (view->IsInt8Array())
+      type = kInt8;
+    else if (view->IsUint8Array())
+      type = kUint8;
+    else if (view->IsUint8ClampedArray())
+      type = kUint8Clamped;
+    else if (view->IsInt16Array())
+      type = kInt16;
+    else if (view->IsUint16Array())
+      type = kUint16;
+    else if (view->IsInt32Array())
+      type = kInt32;
+    else if (view->IsUint32Array())
+      type = kUint32;
+    else if (view->IsFloat32Array())
+      type = kFloat32;
+    else if (view->IsFloat64Array())
+      type = kFloat64;
+    else if (view->IsBigInt64Array())
+      type = kBigInt64;
+    else if (view->IsBigUint64Array())
+      type = kBigUint64;
     size_t length = view->ByteLength();
     if (length > UINT32_MAX) {
       ThrowDataCloneError(String::NewFromUtf8Literal(
@@ -105,13 +121,16 @@ class Serializer final : public v8::ValueSerializer::Delegate {
     return v8::Just(true);
   }
 
-  void* ReallocateBufferMemory(void* old, size_t size, size_t* actual) override {
+  void* ReallocateBufferMemory(void* old, size_t size,
+                               size_t* actual) override {
     void* p = realloc(old, size);
     *actual = p != nullptr ? size : 0;
     return p;
   }
 
-  void FreeBufferMemory(void* buffer) override { free(buffer); }
+  void FreeBufferMemory(void* buffer) override {
+    free(buffer);
+  }
 
  private:
   Isolate* isolate_;
@@ -124,7 +143,9 @@ class Deserializer final : public v8::ValueDeserializer::Delegate {
   Deserializer(Isolate* isolate, const uint8_t* data, size_t size)
       : des_(isolate, data, size, this) {}
 
-  v8::ValueDeserializer* des() { return &des_; }
+  v8::ValueDeserializer* des() {
+    return &des_;
+  }
 
   MaybeLocal<Object> ReadHostObject(Isolate* isolate) override {
     uint32_t type, length;
@@ -140,25 +161,39 @@ class Deserializer final : public v8::ValueDeserializer::Delegate {
     if (length > 0) memcpy(ab->Data(), bytes, length);
     static const size_t kSizes[] = {1, 1, 1, 2, 2, 4, 4, 4, 8, 1, 1, 8, 8};
     if (length % kSizes[type] != 0) {
-      isolate->ThrowException(v8::Exception::RangeError(String::NewFromUtf8Literal(
-          isolate, "typed array length is not a multiple of its element size")));
+      isolate->ThrowException(
+          v8::Exception::RangeError(String::NewFromUtf8Literal(
+              isolate,
+              "typed array length is not a multiple of its element size")));
       return MaybeLocal<Object>();
     }
     size_t n = length / kSizes[type];
     switch (type) {
-      case kInt8: return v8::Int8Array::New(ab, 0, n);
+      case kInt8:
+        return v8::Int8Array::New(ab, 0, n);
       case kUint8:
-      case kBuffer: return v8::Uint8Array::New(ab, 0, n);
-      case kUint8Clamped: return v8::Uint8ClampedArray::New(ab, 0, n);
-      case kInt16: return v8::Int16Array::New(ab, 0, n);
-      case kUint16: return v8::Uint16Array::New(ab, 0, n);
-      case kInt32: return v8::Int32Array::New(ab, 0, n);
-      case kUint32: return v8::Uint32Array::New(ab, 0, n);
-      case kFloat32: return v8::Float32Array::New(ab, 0, n);
-      case kFloat64: return v8::Float64Array::New(ab, 0, n);
-      case kBigInt64: return v8::BigInt64Array::New(ab, 0, n);
-      case kBigUint64: return v8::BigUint64Array::New(ab, 0, n);
-      default: return v8::DataView::New(ab, 0, length);
+      case kBuffer:
+        return v8::Uint8Array::New(ab, 0, n);
+      case kUint8Clamped:
+        return v8::Uint8ClampedArray::New(ab, 0, n);
+      case kInt16:
+        return v8::Int16Array::New(ab, 0, n);
+      case kUint16:
+        return v8::Uint16Array::New(ab, 0, n);
+      case kInt32:
+        return v8::Int32Array::New(ab, 0, n);
+      case kUint32:
+        return v8::Uint32Array::New(ab, 0, n);
+      case kFloat32:
+        return v8::Float32Array::New(ab, 0, n);
+      case kFloat64:
+        return v8::Float64Array::New(ab, 0, n);
+      case kBigInt64:
+        return v8::BigInt64Array::New(ab, 0, n);
+      case kBigUint64:
+        return v8::BigUint64Array::New(ab, 0, n);
+      default:
+        return v8::DataView::New(ab, 0, length);
     }
   }
 
@@ -239,13 +274,22 @@ int ToHost(Isolate* isolate, Local<Context> context, Local<Value> value,
 bool FromHost(Isolate* isolate, Local<Context> context, const cdn_value_t* in,
               Local<Value>* out) {
   switch (in->kind) {
-    case CDN_VAL_UNDEFINED: *out = v8::Undefined(isolate); return true;
-    case CDN_VAL_NULL: *out = v8::Null(isolate); return true;
-    case CDN_VAL_BOOL: *out = v8::Boolean::New(isolate, in->boolean != 0); return true;
-    case CDN_VAL_NUMBER: *out = v8::Number::New(isolate, in->number); return true;
+    case CDN_VAL_UNDEFINED:
+      *out = v8::Undefined(isolate);
+      return true;
+    case CDN_VAL_NULL:
+      *out = v8::Null(isolate);
+      return true;
+    case CDN_VAL_BOOL:
+      *out = v8::Boolean::New(isolate, in->boolean != 0);
+      return true;
+    case CDN_VAL_NUMBER:
+      *out = v8::Number::New(isolate, in->number);
+      return true;
     case CDN_VAL_LATIN1: {
       Local<String> s;
-      if (!String::NewFromOneByte(isolate, in->u.str8, v8::NewStringType::kNormal,
+      if (!String::NewFromOneByte(isolate, in->u.str8,
+                                  v8::NewStringType::kNormal,
                                   static_cast<int>(in->len))
                .ToLocal(&s))
         return false;
@@ -254,7 +298,8 @@ bool FromHost(Isolate* isolate, Local<Context> context, const cdn_value_t* in,
     }
     case CDN_VAL_UTF16: {
       Local<String> s;
-      if (!String::NewFromTwoByte(isolate, in->u.str16, v8::NewStringType::kNormal,
+      if (!String::NewFromTwoByte(isolate, in->u.str16,
+                                  v8::NewStringType::kNormal,
                                   static_cast<int>(in->len))
                .ToLocal(&s))
         return false;
@@ -266,13 +311,16 @@ bool FromHost(Isolate* isolate, Local<Context> context, const cdn_value_t* in,
       bool ok;
       if (!d.des()->ReadHeader(context).To(&ok) || !ok) {
         if (!isolate->IsExecutionTerminating())
-          isolate->ThrowException(v8::Exception::TypeError(
-              String::NewFromUtf8Literal(isolate, "malformed serialised value")));
+          isolate->ThrowException(
+              v8::Exception::TypeError(String::NewFromUtf8Literal(
+                  isolate, "malformed serialised value")));
         return false;
       }
       return d.des()->ReadValue(context).ToLocal(out);
     }
-    case CDN_VAL_ERROR: ThrowInSandbox(isolate, in); return false;
+    case CDN_VAL_ERROR:
+      ThrowInSandbox(isolate, in);
+      return false;
   }
   return false;
 }
@@ -280,13 +328,16 @@ bool FromHost(Isolate* isolate, Local<Context> context, const cdn_value_t* in,
 void ThrowInSandbox(Isolate* isolate, const cdn_value_t* error) {
   const char* name = error->name != nullptr ? error->name : "Error";
   const char* message = error->message != nullptr ? error->message : "";
-  Local<String> msg = String::NewFromUtf8(isolate, message).FromMaybe(
-      String::Empty(isolate));
+  Local<String> msg =
+      String::NewFromUtf8(isolate, message).FromMaybe(String::Empty(isolate));
   Local<Value> exc;
   // The context's own intrinsics, whatever sandbox code did to its globals.
-  if (strcmp(name, "TypeError") == 0) exc = v8::Exception::TypeError(msg);
-  else if (strcmp(name, "RangeError") == 0) exc = v8::Exception::RangeError(msg);
-  else if (strcmp(name, "SyntaxError") == 0) exc = v8::Exception::SyntaxError(msg);
+  if (strcmp(name, "TypeError") == 0)
+    exc = v8::Exception::TypeError(msg);
+  else if (strcmp(name, "RangeError") == 0)
+    exc = v8::Exception::RangeError(msg);
+  else if (strcmp(name, "SyntaxError") == 0)
+    exc = v8::Exception::SyntaxError(msg);
   else if (strcmp(name, "ReferenceError") == 0)
     exc = v8::Exception::ReferenceError(msg);
   else {
@@ -314,7 +365,8 @@ int ExceptionToHost(Isolate* isolate, Local<Context> context,
     // A thrown value that is not an Error crosses as a value.
     int err = ToHost(isolate, context, exc, out);
     if (err == CDN_ECLONE) {
-      SetError(out, "Error", "Uncaught value that cannot be copied out of the sandbox");
+      SetError(out, "Error",
+               "Uncaught value that cannot be copied out of the sandbox");
       return CDN_EEXCEPTION;
     }
     return err == CDN_OK ? CDN_EEXCEPTION : err;
@@ -335,7 +387,8 @@ int ExceptionToHost(Isolate* isolate, Local<Context> context,
     return CDN_ETERMINATED;
   out->kind = CDN_VAL_ERROR;
   out->name = name->IsString() ? ToUtf8(isolate, name) : DupString("Error", 5);
-  out->message = message->IsString() ? ToUtf8(isolate, message) : DupString("", 0);
+  out->message =
+      message->IsString() ? ToUtf8(isolate, message) : DupString("", 0);
   std::string st;
   if (stack->IsString()) {
     String::Utf8Value utf8(isolate, stack);
