@@ -111,7 +111,7 @@ static napi_value ctx__js_new(napi_env env, napi_callback_info info) {
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   memset(&a, 0, sizeof(a));
   a.iso = iso_from_handle(env, argv[0]);
-  if (a.iso->engine == NULL)
+  if (!iso_alive(a.iso))
     return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
   CDN_CALL(env, val_from_napi(env, argv[1], &a.globals));
   CDN_CALL(env, napi_get_array_length(env, argv[2], &n));
@@ -176,7 +176,7 @@ static napi_value ctx__js_dispose(napi_env env, napi_callback_info info) {
  * is disposed. */
 static ctx_t* ctx__live(napi_env env, napi_value v) {
   ctx_t* ctx = ctx__external(env, v);
-  if (ctx->engine == NULL || ctx->iso->engine == NULL) {
+  if (ctx->engine == NULL || !iso_alive(ctx->iso)) {
     cdn_throw(env, ctx->iso->env, CDN_KDISPOSED, NULL);
     return NULL;
   }
@@ -253,7 +253,7 @@ static napi_value ctx__js_script_new(napi_env env, napi_callback_info info) {
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   a.iso = iso_from_handle(env, argv[0]);
-  if (a.iso->engine == NULL)
+  if (!iso_alive(a.iso))
     return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
   if (ctx__source(env, argv + 1, &source) != napi_ok) {
     ctx__source_free(&source);

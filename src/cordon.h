@@ -94,6 +94,8 @@ cdn_env_t* cdn_env_get(napi_env env);
 
 /* isolate.c */
 napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out);
+/* Nonzero while the isolate can take new work. */
+#define iso_alive(iso) ((iso)->engine != NULL && !(iso)->dispose_pending)
 /* Dispose now, or when the run on the stack unwinds. Idempotent. */
 void iso_dispose(iso_t* iso);
 void iso_unref(iso_t* iso);

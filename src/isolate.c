@@ -345,7 +345,7 @@ static napi_value iso__js_gc(napi_env env, napi_callback_info info) {
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   iso = iso_from_handle(env, argv[0]);
-  if (iso->engine == NULL) return cdn_throw(env, iso->env, CDN_KDISPOSED, NULL);
+  if (!iso_alive(iso)) return cdn_throw(env, iso->env, CDN_KDISPOSED, NULL);
   err = iso_call(iso, 0, iso__gc_body, iso->engine, &out);
   if (err != CDN_OK) return cdn_throw(env, iso->env, err, &out);
   return NULL;
@@ -373,7 +373,7 @@ static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
   iso_t* iso;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   iso = iso_from_handle(env, argv[0]);
-  if (iso->engine == NULL) return cdn_throw(env, iso->env, CDN_KDISPOSED, NULL);
+  if (!iso_alive(iso)) return cdn_throw(env, iso->env, CDN_KDISPOSED, NULL);
   args[0] = iso->engine;
   args[1] = &hs;
   (void)iso_call(iso, 0, iso__stats_body, args, &out);

@@ -69,6 +69,7 @@ void TaskQueue::PostIdleTask(std::unique_ptr<v8::IdleTask> task) {
 
 void TaskQueue::PostRelease(Record* record) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return;  // the isolate's dispose frees every record
   releases_.push_back(record);
   pending_.fetch_add(1, std::memory_order_release);
   Wake();

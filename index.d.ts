@@ -1,0 +1,119 @@
+// Type definitions for cordon.
+
+/** A value that can cross the sandbox boundary (structured clone). */
+export type Cloneable = unknown;
+
+export interface IsolateOptions {
+  /** Limit of the sandbox heap in MB (8 to 1048576). Default: 128. */
+  memoryLimitMB?: number;
+}
+
+export interface HeapStatistics {
+  totalHeapSize: number;
+  usedHeapSize: number;
+  heapSizeLimit: number;
+  externalMemory: number;
+  /** Contexts alive in the isolate. */
+  contexts: number;
+  /** Compiled scripts alive in the isolate. */
+  scripts: number;
+  /** Host callbacks alive in the isolate. */
+  callbacks: number;
+}
+
+export interface RunOptions {
+  /** Name of the code in stack traces. Default: 'evalmachine.<anonymous>'. */
+  filename?: string;
+  /** Added to line numbers in stack traces. Default: 0. */
+  lineOffset?: number;
+  /** Added to column numbers of the first line in stack traces. Default: 0. */
+  columnOffset?: number;
+  /**
+   * Milliseconds (integer, 1 to 2^32-1) after which the run is terminated
+   * and a TimeoutError thrown. The bound covers compiling, running, the
+   * microtasks the run queued and copying the result out. Default: none.
+   */
+  timeout?: number;
+}
+
+export interface CreateContextOptions {
+  /** The isolate to create the context in. Default: the default isolate. */
+  isolate?: Isolate;
+}
+
+export interface ScriptOptions extends Omit<RunOptions, 'timeout'> {
+  /** The isolate to compile the script in. Default: the default isolate. */
+  isolate?: Isolate;
+}
+
+/** A V8 isolate of cordon's own: a separate heap with its own limits. */
+export class Isolate {
+  constructor(options?: IsolateOptions);
+  readonly memoryLimitMB: number;
+  readonly isDisposed: boolean;
+  createContext(contextObject?: object, options?: object): Context;
+  compileScript(code: string, options?: Omit<ScriptOptions, 'isolate'>): Script;
+  getHeapStatistics(): HeapStatistics;
+  /** A full garbage collection of the sandbox heap (diagnostics, tests). */
+  gc(): void;
+  /**
+   * Free the isolate and everything in it. Idempotent. From a host callback
+   * during a run, the run is stopped (it throws ERR_ISOLATE_DISPOSED) and the
+   * isolate is freed once it has unwound.
+   */
+  dispose(): void;
+}
+
+/** A handle to a context inside an isolate (not the global object itself). */
+export class Context {
+  private constructor();
+  readonly isolate: Isolate;
+  readonly isDisposed: boolean;
+  /** Same as runInContext(code, this, options). */
+  evaluate(code: string, options?: RunOptions | string): any;
+  /** Free the context. Idempotent. */
+  dispose(): void;
+}
+
+/** Code compiled once, runnable in any context of its isolate. */
+export class Script {
+  constructor(code: string, options?: ScriptOptions | string);
+  readonly isolate: Isolate;
+  runInContext(context: Context, options?: Pick<RunOptions, 'timeout'>): any;
+  runInNewContext(contextObject?: object, options?: Pick<RunOptions, 'timeout'>): any;
+}
+
+/**
+ * A new context. The object's own enumerable data properties are copied in
+ * as globals (structured clone); its functions become host callbacks.
+ */
+export function createContext(contextObject?: object, options?: CreateContextOptions): Context;
+export function isContext(value: unknown): value is Context;
+export function runInContext(code: string, context: Context, options?: RunOptions | string): any;
+export function runInNewContext(
+  code: string,
+  contextObject?: object,
+  options?: (RunOptions & CreateContextOptions) | string,
+): any;
+
+/** Counts of native records alive in this Node environment. */
+export function liveRecords(): { isolates: number; contexts: number; scripts: number; callbacks: number };
+
+/** The isolate the top-level functions use, created on first use. */
+export const defaultIsolate: Isolate;
+
+/** A run passed its deadline. code: 'ERR_SCRIPT_EXECUTION_TIMEOUT'. */
+export class TimeoutError extends Error {
+  readonly code: 'ERR_SCRIPT_EXECUTION_TIMEOUT';
+  readonly timeout: number;
+}
+
+/** The sandbox exceeded its memory limit. code: 'ERR_MEMORY_LIMIT'. */
+export class MemoryLimitError extends RangeError {
+  readonly code: 'ERR_MEMORY_LIMIT';
+}
+
+/** The isolate or context was disposed. code: 'ERR_ISOLATE_DISPOSED'. */
+export class DisposedError extends Error {
+  readonly code: 'ERR_ISOLATE_DISPOSED';
+}

@@ -1,0 +1,37 @@
+'use strict';
+
+const assert = require('node:assert/strict');
+const cordon = require('..');
+
+describe('memory limits', () => {
+  it('should stop a run that exhausts the heap with ERR_MEMORY_LIMIT, and stay usable', function () {
+    this.timeout(60000);
+    const iso = new cordon.Isolate({ memoryLimitMB: 32 });
+    try {
+      const ctx = iso.createContext();
+      assert.throws(() => ctx.evaluate('(() => { const a = []; for (;;) a.push(new Array(1e5).fill(0)); })()'),
+        (e) => e instanceof cordon.MemoryLimitError && e instanceof RangeError && e.code === 'ERR_MEMORY_LIMIT');
+      iso.gc();
+      // The limit is restored, and the isolate and context still work.
+      assert.equal(ctx.evaluate('[1, 2, 3].reduce((a, b) => a + b)'), 6);
+      assert.ok(iso.getHeapStatistics().heapSizeLimit < 64 * 1024 * 1024);
+      assert.throws(() => ctx.evaluate('(() => { const a = []; for (;;) a.push(new Array(1e5).fill(0)); })()'),
+        { code: 'ERR_MEMORY_LIMIT' });
+      assert.equal(ctx.evaluate('"again"'), 'again');
+    } finally {
+      iso.dispose();
+    }
+  });
+
+  it('should report a memory failure, not a timeout, when both are armed', function () {
+    this.timeout(60000);
+    const iso = new cordon.Isolate({ memoryLimitMB: 16 });
+    try {
+      assert.throws(() => iso.createContext().evaluate(
+        '(() => { const a = []; for (;;) a.push("x".repeat(1e4) + Math.random()); })()', { timeout: 30000 }),
+      { code: 'ERR_MEMORY_LIMIT' });
+    } finally {
+      iso.dispose();
+    }
+  });
+});
