@@ -111,8 +111,7 @@ static napi_value ctx__js_new(napi_env env, napi_callback_info info) {
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   memset(&a, 0, sizeof(a));
   a.iso = iso_from_handle(env, argv[0]);
-  if (!iso_alive(a.iso))
-    return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
+  if (!iso_alive(a.iso)) return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
   CDN_CALL(env, val_from_napi(env, argv[1], &a.globals));
   CDN_CALL(env, napi_get_array_length(env, argv[2], &n));
   a.callbacks = calloc(n > 0 ? n : 1, sizeof(cdn_callback_t));
@@ -253,8 +252,7 @@ static napi_value ctx__js_script_new(napi_env env, napi_callback_info info) {
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   a.iso = iso_from_handle(env, argv[0]);
-  if (!iso_alive(a.iso))
-    return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
+  if (!iso_alive(a.iso)) return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
   if (ctx__source(env, argv + 1, &source) != napi_ok) {
     ctx__source_free(&source);
     CDN_CALL(env, napi_generic_failure);
