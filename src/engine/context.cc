@@ -80,9 +80,23 @@ Local<String> MakeString(Isolate* isolate, const uint16_t* s, size_t n) {
       .ToLocalChecked();
 }
 
-int Finish(Isolate* isolate, Local<Context> context, TryCatch* try_catch,
-           Local<Value> result, cdn_value_t* out) {
-  // Microtasks queued by the run execute within it, inside its deadline.
+// The code and origin of a source text, ready for ScriptCompiler::Source.
+struct SourceText {
+  SourceText(Isolate* isolate, const cdn_source_t* src)
+      : code(MakeString(isolate, src->code, src->code_len)),
+        origin(isolate, MakeString(isolate, src->filename, src->filename_len),
+               src->line_offset, src->column_offset) {}
+  Local<String> code;
+  v8::ScriptOrigin origin;
+};
+
+// Run a script bound to `context`, then the microtasks it queued (inside
+// the same deadline), and copy the completion value out.
+int RunBound(Isolate* isolate, Local<Context> context, TryCatch* try_catch,
+             Local<v8::Script> script, cdn_value_t* out) {
+  Local<Value> result;
+  if (!script->Run(context).ToLocal(&result))
+    return ExceptionToHost(isolate, context, try_catch, false, out);
   isolate->PerformMicrotaskCheckpoint();
   if (try_catch->HasTerminated() || isolate->IsExecutionTerminating())
     return CDN_ETERMINATED;
@@ -194,24 +208,15 @@ extern "C" int cdn_engine_run(cdn_engine_context_t* ctx,
   TryCatch try_catch(isolate);
   *out = cdn_value_t{};
 
-  Local<String> code = cordon::MakeString(isolate, src->code, src->code_len);
-  Local<String> filename =
-      cordon::MakeString(isolate, src->filename, src->filename_len);
-  v8::ScriptOrigin origin(isolate, filename, src->line_offset,
-                          src->column_offset);
-  ScriptCompiler::Source source(code, origin);
+  cordon::SourceText text(isolate, src);
+  ScriptCompiler::Source source(text.code, text.origin);
   Local<v8::Script> script;
   if (!ScriptCompiler::Compile(context, &source).ToLocal(&script)) {
     return cordon::Status(
         iso, cordon::ExceptionToHost(isolate, context, &try_catch, true, out));
   }
-  Local<Value> result;
-  if (!script->Run(context).ToLocal(&result)) {
-    return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, out));
-  }
   return cordon::Status(
-      iso, cordon::Finish(isolate, context, &try_catch, result, out));
+      iso, cordon::RunBound(isolate, context, &try_catch, script, out));
 }
 
 extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
@@ -224,12 +229,8 @@ extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
   Context::Scope context_scope(context);
   TryCatch try_catch(isolate);
   *err = cdn_value_t{};
-  Local<String> code = cordon::MakeString(isolate, src->code, src->code_len);
-  Local<String> filename =
-      cordon::MakeString(isolate, src->filename, src->filename_len);
-  v8::ScriptOrigin origin(isolate, filename, src->line_offset,
-                          src->column_offset);
-  ScriptCompiler::Source source(code, origin);
+  cordon::SourceText text(isolate, src);
+  ScriptCompiler::Source source(text.code, text.origin);
   Local<v8::UnboundScript> script;
   if (!ScriptCompiler::CompileUnboundScript(isolate, &source)
            .ToLocal(&script)) {
@@ -265,11 +266,6 @@ extern "C" int cdn_engine_script_run(cdn_engine_script_t* script,
   TryCatch try_catch(isolate);
   *out = cdn_value_t{};
   Local<v8::Script> bound = srec->script.Get(isolate)->BindToCurrentContext();
-  Local<Value> result;
-  if (!bound->Run(context).ToLocal(&result)) {
-    return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, out));
-  }
   return cordon::Status(
-      iso, cordon::Finish(isolate, context, &try_catch, result, out));
+      iso, cordon::RunBound(isolate, context, &try_catch, bound, out));
 }

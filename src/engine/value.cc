@@ -346,9 +346,12 @@ void ThrowInSandbox(Isolate* isolate, const cdn_value_t* error) {
       Local<String> n;
       if (String::NewFromUtf8(isolate, name).ToLocal(&n)) {
         // Fails only while terminating, when the error is moot anyway.
-        (void)exc.As<Object>()->Set(isolate->GetCurrentContext(),
-                                    String::NewFromUtf8Literal(isolate, "name"),
-                                    n);
+        if (exc.As<Object>()
+                ->Set(isolate->GetCurrentContext(),
+                      String::NewFromUtf8Literal(isolate, "name"), n)
+                .IsNothing()) {
+          return;  // terminating
+        }
       }
     }
   }
