@@ -9,6 +9,7 @@
       "sources": [
         "src/addon.c",
         "src/context.c",
+        "src/function.c",
         "src/isolate.c",
         "src/value.c",
         "src/watchdog.c",

@@ -4,15 +4,18 @@
 // This layer validates every argument once, fills defaults, and turns the
 // native layer's statuses into coded errors; src/ trusts what it is given.
 
-const v8 = require('node:v8');
 const binding = require('./binding');
 const errors = require('./errors');
+const marshal = require('./marshal');
 const {
   validateString,
   validateObject,
   validateInt32,
   validateTimeout,
   validateMemoryLimit,
+  validateParams,
+  validateCachedData,
+  validateBoolean,
   getOption,
 } = require('./validate');
 
@@ -20,23 +23,27 @@ const { TimeoutError, MemoryLimitError, DisposedError, withCode } = errors;
 
 const DEFAULT_FILENAME = 'evalmachine.<anonymous>';
 const DEFAULT_MEMORY_LIMIT_MB = 128;
+const MAX_DEPTH = 32; // src/cordon.h, CDN_MAX_DEPTH
 
 // Native statuses (src/engine/engine.h, src/cordon.h).
 const EEXCEPTION = -1;
 const ETERMINATED = -2;
 const ECLONE = -3;
 const ENOMEM = -4;
+const EDISPOSED = -6;
 const KDISPOSED = -100;
 const KTIMEOUT = -101;
+const KDEPTH = -102;
 
 const STANDARD_ERRORS = {
   Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError,
 };
 
 // What the running call is bounded by, for the TimeoutError's message, and
-// which isolate it runs in, for the memory limit's.
+// which context it runs in, for the memory limit's and for proxies of
+// functions in a thrown value.
 let activeTimeout = 0;
-let activeIsolate = null;
+let activeContext = null;
 
 // Called by the native layer to build the error a failed call throws.
 function makeError(kind, name, message, stack, value) {
@@ -44,7 +51,7 @@ function makeError(kind, name, message, stack, value) {
     case EEXCEPTION: {
       if (name === undefined) {
         // A thrown value that is not an Error crosses as a value.
-        return value instanceof Uint8Array ? v8.deserialize(value) : value;
+        return activeContext ? decodeIn(activeContext, value) : marshal.decode(value, null);
       }
       const Ctor = Object.hasOwn(STANDARD_ERRORS, name) ? STANDARD_ERRORS[name] : Error;
       const error = new Ctor(message);
@@ -65,56 +72,136 @@ function makeError(kind, name, message, stack, value) {
       return withCode(new TypeError(message || 'A value could not be copied across the sandbox boundary'),
         'ERR_CANNOT_CLONE');
     case ENOMEM:
-      return new MemoryLimitError(activeIsolate ? activeIsolate.memoryLimitMB : 0);
+      return new MemoryLimitError(activeContext ? activeContext.isolate.memoryLimitMB : 0);
+    case EDISPOSED:
+      return new DisposedError('context');
     case KDISPOSED:
       return new DisposedError();
+    case KDEPTH:
+      return withCode(new RangeError(
+        `Host callbacks re-entered the sandbox more than ${MAX_DEPTH} levels deep`), 'ERR_REENTRANCY_LIMIT');
     default:
       return withCode(new Error(`cordon internal error (${kind}): ${message || ''}`),
         'ERR_CORDON_INTERNAL');
   }
 }
 
+binding.setup(makeError);
+
+// ---- values and functions across the boundary -------------------------------
+
 function errorTuple(error) {
   try {
-    if (error instanceof Error || (error && typeof error === 'object')) {
-      return [String(error.name ?? 'Error'), String(error.message ?? '')];
+    if (error !== null && (typeof error === 'object' || typeof error === 'function')) {
+      return [1, String(error.name ?? 'Error'), String(error.message ?? '')];
     }
-    return ['Error', String(error)];
+    return [1, 'Error', String(error)];
   } catch {
-    return ['Error', 'a host callback threw a value that could not be read'];
+    return [1, 'Error', 'a host callback threw a value that could not be read'];
   }
 }
 
-// Called by the native layer when sandbox code calls a host function: the
-// arguments arrive serialised; the result leaves serialised, or as
-// [name, message] to be thrown inside the sandbox.
-function invoke(fn, bytes) {
+// The sandbox called host function `fn`: decode the arguments, call, and
+// answer the native layer with a primitive, [0, encoded] or [1, name,
+// message].
+function invokeHost(fn, context, encodedArgs) {
   let result;
   try {
-    result = fn(...v8.deserialize(bytes));
+    result = Reflect.apply(fn, undefined, decodeIn(context, encodedArgs));
   } catch (error) {
     return errorTuple(error);
   }
   try {
-    return v8.serialize(result);
+    const encoded = encodeIn(context, result);
+    return Array.isArray(encoded) ? [0, encoded] : encoded;
   } catch (error) {
-    return ['TypeError',
+    return [1, 'TypeError',
       `The result of host function ${fn.name || '<anonymous>'} cannot be copied into the sandbox: ${error.message}`];
   }
 }
 
-binding.setup(makeError, invoke);
-
-function decode(result) {
-  return typeof result === 'object' && result !== null ? v8.deserialize(result) : result;
+// The wrapper holds its context weakly: it lives in the sandbox heap's
+// reach (through the sandbox function that calls it), and a strong edge
+// back to the host Context would close a cycle through both heaps that
+// neither collector can see.
+function encodeIn(context, value) {
+  const ref = context === null ? null : new WeakRef(context);
+  return marshal.encode(value, (fn) => (args) => invokeHost(fn, ref?.deref() ?? null, args));
 }
 
-// ---- handles -------------------------------------------------------------
+function decodeIn(context, result) {
+  return marshal.decode(result, (handle, name, length) => makeProxy(handle, name, length, context, undefined));
+}
+
+// Host proxies of sandbox functions, and what each one calls.
+const proxyTargets = new WeakMap();
+
+function makeProxy(handle, name, length, context, timeout) {
+  const target = { handle, context, timeout };
+  const proxy = {
+        // A method: callable with any `this`, and not a constructor.
+    [name](...args) {
+            return callTarget(target, this, args, target.timeout ?? (context ? contextTimeout(context) : 0));
+    },
+  }[name];
+  Object.defineProperty(proxy, 'length', { value: length, configurable: true });
+  proxyTargets.set(proxy, target);
+  return proxy;
+}
+
+function callTarget(target, thisArg, args, timeout) {
+  const { context } = target;
+  if (context === null) throw new DisposedError('context');
+  if (context.isDisposed) throw new DisposedError(context.isolate.isDisposed ? 'isolate' : 'context');
+  const encoded = new Array(args.length + 3);
+  encoded[0] = target.handle;
+  encoded[1] = timeout;
+  encoded[2] = encodeArg(context, thisArg, 'thisArg');
+  for (let i = 0; i < args.length; i++) encoded[i + 3] = encodeArg(context, args[i], `args[${i}]`);
+  return bounded(context, timeout, () => binding.call(...encoded));
+}
+
+function encodeArg(context, value, name) {
+  try {
+    return encodeIn(context, value);
+  } catch (error) {
+    throw withCode(new TypeError(`The "${name}" argument cannot be copied into the sandbox: ${error.message}`),
+      'ERR_CANNOT_CLONE');
+  }
+}
+
+// Every call into a sandbox goes through here, so that errors built by
+// makeError know the call's bound and context.
+function bounded(context, timeout, fn) {
+  const prevTimeout = activeTimeout;
+  const prevContext = activeContext;
+  activeTimeout = timeout;
+  activeContext = context;
+  try {
+    return decodeIn(context, fn());
+  } finally {
+    activeTimeout = prevTimeout;
+    activeContext = prevContext;
+  }
+}
+
+// Native calls that return handles rather than values.
+function boundedRaw(context, fn) {
+  const prevContext = activeContext;
+  activeContext = context;
+  try {
+    return fn();
+  } finally {
+    activeContext = prevContext;
+  }
+}
+
+// ---- isolates ---------------------------------------------------------------
 
 // Private to this module: the native handle behind each public object.
 let isolateHandle;
 let contextHandle;
-let contextIsolate;
+let contextTimeout;
 const kConstruct = Symbol('cordon.construct');
 
 class Isolate {
@@ -151,7 +238,7 @@ class Isolate {
   }
 
   createContext(contextObject, options) {
-    return newContext(this, contextObject, options);
+    return createContext(contextObject, { ...optionsObject(options, 'options'), isolate: this });
   }
 
   compileScript(code, options) {
@@ -187,34 +274,52 @@ function getDefaultIsolate() {
   return defaultIsolate;
 }
 
+function isolateOption(opts) {
+  const isolate = getOption(opts, 'isolate', 'options.isolate');
+  if (isolate === undefined) return getDefaultIsolate();
+  if (!(isolate instanceof Isolate)) throw errors.invalidArgType('options.isolate', 'an instance of cordon.Isolate', isolate);
+  return isolate;
+}
+
+// ---- contexts ---------------------------------------------------------------
+
 class Context {
   #handle;
   #isolate;
+  #timeout;
   #disposed = false;
 
   static {
     contextHandle = (context) => {
       if (context.#disposed) throw new DisposedError('context');
+      if (context.#isolate.isDisposed) throw new DisposedError();
       return context.#handle;
     };
-    contextIsolate = (context) => context.#isolate;
+    contextTimeout = (context) => context.#timeout;
   }
 
   static isContext(value) {
     return typeof value === 'object' && value !== null && #handle in value;
   }
 
-  constructor(token, isolate, handle) {
+  constructor(token, isolate, timeout, contextObject) {
     if (token !== kConstruct) {
       throw withCode(new TypeError('Illegal constructor: use cordon.createContext()'),
         'ERR_ILLEGAL_CONSTRUCTOR');
     }
     this.#isolate = isolate;
-    this.#handle = handle;
+    this.#timeout = timeout;
+    const globals = encodeGlobals(this, contextObject);
+    this.#handle = boundedRaw(this, () => binding.contextNew(isolateHandle(isolate), globals));
   }
 
   get isolate() {
     return this.#isolate;
+  }
+
+  /** The default timeout of calls of sandbox functions from this context. */
+  get timeout() {
+    return this.#timeout || undefined;
   }
 
   get isDisposed() {
@@ -240,49 +345,30 @@ function optionsObject(options, name) {
   return options;
 }
 
-// Split a context object into data (copied in by structured clone) and
-// functions (exposed as host callbacks).
-function splitGlobals(contextObject) {
-  const data = {};
-  const names = [];
-  const fns = [];
-  let hasData = false;
+// The context object's own enumerable data properties, encoded: data is
+// copied (structured clone), functions become host callbacks.
+function encodeGlobals(context, contextObject) {
   let descriptors;
   try {
     descriptors = Object.getOwnPropertyDescriptors(contextObject);
   } catch (error) {
     throw errors.invalidArgValue('contextObject', `could not be read (${error?.message ?? error})`, contextObject);
   }
+  const data = {};
+  let empty = true;
   for (const key of Object.keys(descriptors)) {
     const desc = descriptors[key];
     if (!desc.enumerable || !('value' in desc)) continue;
-    if (typeof desc.value === 'function') {
-      names.push(key);
-      fns.push(desc.value);
-    } else {
-      data[key] = desc.value;
-      hasData = true;
-    }
+    data[key] = desc.value;
+    empty = false;
   }
-  let bytes;
-  if (hasData) {
-    try {
-      bytes = v8.serialize(data);
-    } catch (error) {
-      throw withCode(new TypeError(`The "contextObject" argument holds a value that cannot be copied into the sandbox: ${error.message}`),
-        'ERR_INVALID_ARG_VALUE');
-    }
+  if (empty) return undefined;
+  try {
+    return encodeIn(context, data);
+  } catch (error) {
+    throw withCode(new TypeError(`The "contextObject" argument holds a value that cannot be copied into the sandbox: ${error.message}`),
+      'ERR_INVALID_ARG_VALUE');
   }
-  return { bytes, names, fns };
-}
-
-function newContext(isolate, contextObject, options) {
-  if (contextObject === undefined) contextObject = {};
-  else validateObject(contextObject, 'contextObject');
-  optionsObject(options, 'options');
-  const { bytes, names, fns } = splitGlobals(contextObject);
-  const handle = binding.contextNew(isolateHandle(isolate), bytes, names, fns);
-  return new Context(kConstruct, isolate, handle);
 }
 
 /**
@@ -290,21 +376,30 @@ function newContext(isolate, contextObject, options) {
  * globals (copied); its functions become host callbacks.
  */
 function createContext(contextObject, options) {
+  if (contextObject === undefined) contextObject = {};
+  else validateObject(contextObject, 'contextObject');
   const opts = optionsObject(options, 'options');
-  let isolate = getOption(opts, 'isolate', 'options.isolate');
-  if (isolate === undefined) isolate = getDefaultIsolate();
-  else if (!(isolate instanceof Isolate)) throw errors.invalidArgType('options.isolate', 'an instance of cordon.Isolate', isolate);
-  return newContext(isolate, contextObject, opts);
+  const isolate = isolateOption(opts);
+  const timeout = validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout');
+  if (isolate.isDisposed) throw new DisposedError();
+  return new Context(kConstruct, isolate, timeout, contextObject);
 }
 
 function isContext(value) {
   return Context.isContext(value);
 }
 
-// Options shared by runInContext and Script: filename or an options object.
-function runOptions(options, name) {
+function validateContext(context, name) {
+  if (!isContext(context)) throw errors.invalidArgType(name, 'a cordon context (from cordon.createContext())', context);
+}
+
+// ---- runs -------------------------------------------------------------------
+
+// Options shared by runInContext, Script and compileFunction: a filename
+// string or an options object.
+function sourceOptions(options, name) {
   if (typeof options === 'string') {
-    return { filename: options, lineOffset: 0, columnOffset: 0, timeout: 0 };
+    return { opts: { filename: options }, filename: options, lineOffset: 0, columnOffset: 0, timeout: 0 };
   }
   const opts = optionsObject(options, name);
   let filename = getOption(opts, 'filename', `${name}.filename`);
@@ -317,48 +412,55 @@ function runOptions(options, name) {
   if (columnOffset === undefined) columnOffset = 0;
   else validateInt32(columnOffset, `${name}.columnOffset`);
   const timeout = validateTimeout(getOption(opts, 'timeout', `${name}.timeout`), `${name}.timeout`);
-  return { filename, lineOffset, columnOffset, timeout };
+  return { opts, filename, lineOffset, columnOffset, timeout };
 }
 
-function validateContext(context, name) {
-  if (!isContext(context)) throw errors.invalidArgType(name, 'a cordon context (from cordon.createContext())', context);
-}
-
-// Every call into a sandbox goes through here, so that errors built by
-// makeError know the call's bound and isolate.
-function bounded(isolate, timeout, fn, raw = false) {
-  const prevTimeout = activeTimeout;
-  const prevIsolate = activeIsolate;
-  activeTimeout = timeout;
-  activeIsolate = isolate;
-  try {
-    const result = fn();
-    return raw ? result : decode(result);
-  } finally {
-    activeTimeout = prevTimeout;
-    activeIsolate = prevIsolate;
-  }
+function runTimeout(options, context) {
+  if (options === undefined) return contextTimeout(context);
+  const opts = optionsObject(options, 'options');
+  return validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout') ||
+    contextTimeout(context);
 }
 
 function runInContext(code, context, options) {
   validateString(code, 'code');
   validateContext(context, 'contextifiedObject');
-  const o = runOptions(options, 'options');
+  const o = sourceOptions(options, 'options');
   const handle = contextHandle(context);
-  const isolate = contextIsolate(context);
-  if (isolate.isDisposed) throw new DisposedError();
-  return bounded(isolate, o.timeout, () => binding.run(handle, code, o.filename, o.lineOffset, o.columnOffset, o.timeout));
+  const timeout = o.timeout || contextTimeout(context);
+  return bounded(context, timeout,
+    () => binding.run(handle, code, o.filename, o.lineOffset, o.columnOffset, timeout));
 }
 
 function runInNewContext(code, contextObject, options) {
   validateString(code, 'code');
-  const opts = typeof options === 'string' ? { filename: options } : optionsObject(options, 'options');
-  runOptions(opts, 'options'); // validate before creating anything
+  const { opts } = sourceOptions(options, 'options'); // validate before creating anything
   const context = createContext(contextObject, { isolate: getOption(opts, 'isolate', 'options.isolate') });
   try {
     return runInContext(code, context, opts);
   } finally {
     context.dispose();
+  }
+}
+
+// ---- scripts ----------------------------------------------------------------
+
+function cacheOptions(opts, name) {
+  const cachedData = getOption(opts, 'cachedData', `${name}.cachedData`);
+  if (cachedData !== undefined) validateCachedData(cachedData, `${name}.cachedData`);
+  const produce = getOption(opts, 'produceCachedData', `${name}.produceCachedData`);
+  if (produce !== undefined) validateBoolean(produce, `${name}.produceCachedData`);
+  const view = cachedData === undefined ? undefined
+    : new Uint8Array(cachedData.buffer, cachedData.byteOffset, cachedData.byteLength);
+  return { cachedData: view, produceCachedData: produce === true };
+}
+
+// node:vm's cachedData properties on a Script or compiled function.
+function setCacheResult(target, cache, rejected, produced) {
+  if (cache.cachedData !== undefined) target.cachedDataRejected = rejected === 1;
+  if (cache.produceCachedData) {
+    target.cachedDataProduced = produced !== undefined;
+    if (produced !== undefined) target.cachedData = produced;
   }
 }
 
@@ -369,33 +471,39 @@ class Script {
   /**
    * Compile `code` once; run it in any context of its isolate.
    * @param {string} code
-   * @param {object|string} [options] filename, lineOffset, columnOffset, isolate
+   * @param {object|string} [options] filename, lineOffset, columnOffset,
+   *   cachedData, produceCachedData, isolate
    */
   constructor(code, options) {
     validateString(code, 'code');
-    const opts = typeof options === 'string' ? { filename: options } : optionsObject(options, 'options');
-    const o = runOptions(opts, 'options');
-    let isolate = getOption(opts, 'isolate', 'options.isolate');
-    if (isolate === undefined) isolate = getDefaultIsolate();
-    else if (!(isolate instanceof Isolate)) throw errors.invalidArgType('options.isolate', 'an instance of cordon.Isolate', isolate);
+    const o = sourceOptions(options, 'options');
+    const cache = cacheOptions(o.opts, 'options');
+    const isolate = isolateOption(o.opts);
     this.#isolate = isolate;
-    this.#handle = bounded(isolate, 0,
-      () => binding.scriptNew(isolateHandle(isolate), code, o.filename, o.lineOffset, o.columnOffset), true);
+    const [handle, rejected, produced] = boundedRaw(null, () => binding.scriptNew(isolateHandle(isolate), code,
+      o.filename, o.lineOffset, o.columnOffset, cache.cachedData, cache.produceCachedData));
+    this.#handle = handle;
+    setCacheResult(this, cache, rejected, produced);
   }
 
   get isolate() {
     return this.#isolate;
   }
 
+  /** A V8 code cache of the script, for `cachedData` of a later compile. */
+  createCachedData() {
+    isolateHandle(this.#isolate);
+    return binding.scriptCache(this.#handle);
+  }
+
   runInContext(context, options) {
     validateContext(context, 'contextifiedObject');
-    if (contextIsolate(context) !== this.#isolate) {
+    if (context.isolate !== this.#isolate) {
       throw errors.invalidArgValue('contextifiedObject', 'must be a context of the isolate the script was compiled in', context);
     }
-    const { timeout } = runOptions(options, 'options');
+    const timeout = runTimeout(options, context);
     const handle = contextHandle(context);
-    if (this.#isolate.isDisposed) throw new DisposedError();
-    return bounded(this.#isolate, timeout, () => binding.scriptRun(this.#handle, handle, timeout));
+    return bounded(context, timeout, () => binding.scriptRun(this.#handle, handle, timeout));
   }
 
   runInNewContext(contextObject, options) {
@@ -406,6 +514,50 @@ class Script {
       context.dispose();
     }
   }
+}
+
+// ---- compiled functions -------------------------------------------------------
+
+/**
+ * Compile a function body, as node:vm's compileFunction does, in a sandbox
+ * context. Every call of the result is bounded by `options.timeout`.
+ */
+function compileFunction(code, params, options) {
+  validateString(code, 'code');
+  params = validateParams(params === undefined ? [] : params, 'params');
+  const o = sourceOptions(options, 'options');
+  const cache = cacheOptions(o.opts, 'options');
+  let context = getOption(o.opts, 'parsingContext', 'options.parsingContext');
+  if (context === undefined) context = createContext();
+  else validateContext(context, 'options.parsingContext');
+  let extensions = getOption(o.opts, 'contextExtensions', 'options.contextExtensions');
+  if (extensions !== undefined) {
+    if (!Array.isArray(extensions)) throw errors.invalidArgType('options.contextExtensions', 'an array of objects', extensions);
+    extensions.forEach((e, i) => validateObject(e, `options.contextExtensions[${i}]`));
+    extensions = encodeArg(context, extensions, 'options.contextExtensions');
+  }
+  const handle = contextHandle(context);
+  const [encoded, rejected, produced] = boundedRaw(context, () => binding.compileFunction(handle, code,
+    o.filename, o.lineOffset, o.columnOffset, params, extensions, cache.cachedData, cache.produceCachedData));
+  const [, [fnHandle], [name], [length]] = encoded;
+  const fn = makeProxy(fnHandle, name, length, context, o.timeout || undefined);
+  setCacheResult(fn, cache, rejected, produced);
+  return fn;
+}
+
+/**
+ * Call a sandbox function with `thisArg` and `args`, bounded by
+ * `options.timeout` instead of the function's default.
+ */
+function apply(fn, thisArg, args, options) {
+  const target = typeof fn === 'function' ? proxyTargets.get(fn) : undefined;
+  if (target === undefined) throw errors.invalidArgType('fn', 'a function from a cordon sandbox', fn);
+  if (args === undefined) args = [];
+  else if (!Array.isArray(args)) throw errors.invalidArgType('args', 'an array', args);
+  const opts = optionsObject(options, 'options');
+  const timeout = validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout') ||
+    target.timeout || contextTimeout(target.context);
+  return callTarget(target, thisArg, args, timeout);
 }
 
 /** Counts of native records alive in this environment (tests, leak checks). */
@@ -420,6 +572,8 @@ module.exports = {
   isContext,
   runInContext,
   runInNewContext,
+  compileFunction,
+  apply,
   TimeoutError,
   MemoryLimitError,
   DisposedError,

@@ -44,6 +44,30 @@ function validateMemoryLimit(value, name) {
   return value;
 }
 
+function validateBoolean(value, name) {
+  if (typeof value !== 'boolean') throw invalidArgType(name, 'of type boolean', value);
+}
+
+// An identifier as a parameter name: what V8 would otherwise reject with a
+// SyntaxError pointing at generated code. Reserved words still reach V8.
+const IDENTIFIER = /^[\p{ID_Start}$_][\p{ID_Continue}$\u200C\u200D]*$/u;
+
+function validateParams(params, name) {
+  if (!Array.isArray(params)) throw invalidArgType(name, 'an array of strings', params);
+  const copy = [...params];
+  copy.forEach((param, i) => {
+    if (typeof param !== 'string') throw invalidArgType(`${name}[${i}]`, 'of type string', param);
+    if (!IDENTIFIER.test(param)) throw invalidArgValue(`${name}[${i}]`, 'must be a valid identifier', param);
+  });
+  return copy;
+}
+
+function validateCachedData(value, name) {
+  if (!ArrayBuffer.isView(value)) {
+    throw invalidArgType(name, 'an instance of Buffer, TypedArray, or DataView', value);
+  }
+}
+
 // Read one option, turning a throwing getter into a coded error rather than
 // letting it escape half-way through a call.
 function getOption(options, key, name) {
@@ -59,6 +83,9 @@ module.exports = {
   validateObject,
   validateInt32,
   validateTimeout,
-  validateMemoryLimit,
+    validateMemoryLimit,
+  validateBoolean,
+  validateParams,
+  validateCachedData,
   getOption,
 };

@@ -95,20 +95,19 @@ static void cdn__env_finalize(napi_env env, void* data, void* hint) {
   cdn_env_t* cenv = data;
   (void)hint;
   if (cenv->make_error != NULL) napi_delete_reference(env, cenv->make_error);
-  if (cenv->invoke != NULL) napi_delete_reference(env, cenv->invoke);
-  cenv->make_error = cenv->invoke = NULL;
+  cenv->make_error = NULL;
   cdn_env_unref(cenv);
 }
 
-/* setup(makeError, invoke): lib's hooks, once per environment. */
+/* setup(makeError): lib's hook, once per environment. */
 static napi_value cdn__js_setup(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 1;
+  napi_value argv[1];
   cdn_env_t* cenv = cdn_env_get(env);
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CDN_ASSERT(cenv->make_error == NULL);
   CDN_CALL(env, napi_create_reference(env, argv[0], 1, &cenv->make_error));
-  CDN_CALL(env, napi_create_reference(env, argv[1], 1, &cenv->invoke));
+
   return NULL;
 }
 
@@ -129,6 +128,7 @@ static napi_value cdn__init(napi_env env, napi_value exports) {
   CDN_CALL(env, napi_define_properties(env, exports, 1, &setup));
   if (iso_init_exports(env, exports) == NULL) return NULL;
   if (ctx_init_exports(env, exports) == NULL) return NULL;
+  if (fn_init_exports(env, exports) == NULL) return NULL;
   return exports;
 }
 

@@ -5,9 +5,6 @@
 
 #include "cordon.h"
 
-/* Code up to this many UTF-16 units is copied to the stack, not the heap. */
-#define CTX_STACK_CODE 512
-
 typedef struct {
   iso_t* iso;
   cdn_engine_context_t* engine; /* NULL once disposed */
@@ -15,40 +12,46 @@ typedef struct {
 
 typedef struct {
   iso_t* iso;
-  cdn_engine_script_t* engine; /* NULL once released */
+  cdn_engine_script_t* engine;
 } ctx_script_t;
 
-/* A source text pulled out of JS arguments. */
-typedef struct {
-  cdn_source_t src;
-  uint16_t code_buf[CTX_STACK_CODE];
-  uint16_t file_buf[128];
-  int code_heap;
-  int file_heap;
-} ctx_source_t;
-
-static napi_status ctx__source(napi_env env, napi_value* argv,
-                               ctx_source_t* s) {
+napi_status ctx_source(napi_env env, napi_value* argv, napi_value cached,
+                       ctx_source_t* s) {
   int32_t lo, co;
   uint16_t* code;
   uint16_t* file;
+  napi_valuetype type;
+  memset(&s->src, 0, sizeof(s->src));
   s->code_heap = s->file_heap = 0;
   CDN_CHECK(val_get_utf16(env, argv[0], s->code_buf, CTX_STACK_CODE, &code,
                           &s->src.code_len, &s->code_heap));
   s->src.code = code;
-  CDN_CHECK(val_get_utf16(env, argv[1], s->file_buf, 128, &file,
+  CDN_CHECK(val_get_utf16(env, argv[1], s->file_buf, CTX_STACK_FILE, &file,
                           &s->src.filename_len, &s->file_heap));
   s->src.filename = file;
   CDN_CHECK(napi_get_value_int32(env, argv[2], &lo));
   CDN_CHECK(napi_get_value_int32(env, argv[3], &co));
   s->src.line_offset = lo;
   s->src.column_offset = co;
+  if (cached == NULL) return napi_ok;
+  CDN_CHECK(napi_typeof(env, cached, &type));
+  if (type == napi_object) {
+    /* lib/ passes a Uint8Array view of the user's cachedData. */
+    void* data;
+    size_t len;
+    napi_typedarray_type tt;
+    CDN_CHECK(
+        napi_get_typedarray_info(env, cached, &tt, &len, &data, NULL, NULL));
+    s->src.cached_data = data;
+    s->src.cached_len = len;
+  }
   return napi_ok;
 }
 
-static void ctx__source_free(ctx_source_t* s) {
+void ctx_source_free(ctx_source_t* s) {
   if (s->code_heap) free((void*)s->src.code);
   if (s->file_heap) free((void*)s->src.filename);
+  s->code_heap = s->file_heap = 0;
 }
 
 static void* ctx__external(napi_env env, napi_value v) {
@@ -62,12 +65,11 @@ static void* ctx__external(napi_env env, napi_value v) {
 static napi_value ctx__result(napi_env env, iso_t* iso, int err,
                               cdn_value_t* out) {
   napi_value v;
+  napi_status st;
   if (err != CDN_OK) return cdn_throw(env, iso->env, err, out);
-  if (val_to_napi(env, out, &v) != napi_ok) {
-    cdn_value_free(out);
-    CDN_CALL(env, napi_generic_failure);
-  }
+  st = fn_value_to_napi(env, iso, out, &v);
   cdn_value_free(out);
+  CDN_CALL(env, st);
   return v;
 }
 
@@ -87,59 +89,28 @@ static void ctx__finalize(napi_env env, void* data, void* hint) {
 typedef struct {
   iso_t* iso;
   cdn_value_t globals;
-  cdn_callback_t* callbacks;
-  size_t ncallbacks;
   cdn_engine_context_t* result;
 } ctx_new_args_t;
 
 static int ctx__new_body(void* arg, cdn_value_t* out) {
   ctx_new_args_t* a = arg;
-  return cdn_engine_context_new(a->iso->engine, &a->globals, a->callbacks,
-                                a->ncallbacks, &a->result, out);
+  return cdn_engine_context_new(a->iso->engine, &a->globals, &a->result, out);
 }
 
-/* contextNew(isolate, globalsBytes|undefined, names[], fns[]) -> handle */
+/* contextNew(isolate, globals) -> handle; globals encoded by lib/. */
 static napi_value ctx__js_new(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4], ext = NULL;
+  size_t argc = 2;
+  napi_value argv[2], ext = NULL;
   ctx_new_args_t a;
   cdn_value_t out;
-  uint32_t n = 0, i;
   int err;
   ctx_t* ctx;
-  napi_status st = napi_ok;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  memset(&a, 0, sizeof(a));
   a.iso = iso_from_handle(env, argv[0]);
   if (!iso_alive(a.iso)) return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
-  CDN_CALL(env, val_from_napi(env, argv[1], &a.globals));
-  CDN_CALL(env, napi_get_array_length(env, argv[2], &n));
-  a.callbacks = calloc(n > 0 ? n : 1, sizeof(cdn_callback_t));
-  if (a.callbacks == NULL) CDN_CALL(env, napi_generic_failure);
-  for (i = 0; i < n && st == napi_ok; i++) {
-    napi_value name, fn;
-    uint16_t* s;
-    int heap;
-    st = napi_get_element(env, argv[2], i, &name);
-    if (st == napi_ok) st = napi_get_element(env, argv[3], i, &fn);
-    if (st == napi_ok)
-      st = val_get_utf16(env, name, NULL, 0, &s, &a.callbacks[i].name_len,
-                         &heap);
-    if (st != napi_ok) break;
-    a.callbacks[i].name = s;
-    st = iso_callback_new(a.iso->env, fn, &a.callbacks[i].cb);
-    if (st != napi_ok) break;
-    a.ncallbacks++;
-  }
-  if (st != napi_ok) {
-    for (i = 0; i < a.ncallbacks; i++) iso_callback_free(a.callbacks[i].cb);
-    err = CDN_EINTERNAL;
-    memset(&out, 0, sizeof(out));
-  } else {
-    err = iso_call(a.iso, 0, ctx__new_body, &a, &out);
-  }
-  for (i = 0; i < n; i++) free((void*)a.callbacks[i].name);
-  free(a.callbacks);
+  CDN_CALL(env, val_from_napi(env, a.iso->env, argv[1], &a.globals));
+  err = iso_call(a.iso, 0, ctx__new_body, &a, &out);
+  val_release(&a.globals);
   if (err != CDN_OK) return cdn_throw(env, a.iso->env, err, &out);
 
   ctx = malloc(sizeof(*ctx));
@@ -171,26 +142,25 @@ static napi_value ctx__js_dispose(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* The context behind a handle, or NULL after a throw if it or its isolate
- * is disposed. */
-static ctx_t* ctx__live(napi_env env, napi_value v) {
+cdn_engine_context_t* ctx_live(napi_env env, napi_value v, iso_t** iso) {
   ctx_t* ctx = ctx__external(env, v);
+  *iso = ctx->iso;
   if (ctx->engine == NULL || !iso_alive(ctx->iso)) {
     cdn_throw(env, ctx->iso->env, CDN_KDISPOSED, NULL);
     return NULL;
   }
-  return ctx;
+  return ctx->engine;
 }
 
 typedef struct {
-  ctx_t* ctx;
+  cdn_engine_context_t* ctx;
   ctx_source_t* source;
   ctx_script_t* script;
 } ctx_run_args_t;
 
 static int ctx__run_body(void* arg, cdn_value_t* out) {
   ctx_run_args_t* a = arg;
-  return cdn_engine_run(a->ctx->engine, &a->source->src, out);
+  return cdn_engine_run(a->ctx, &a->source->src, out);
 }
 
 /* run(context, code, filename, lineOffset, columnOffset, timeoutMs) */
@@ -201,19 +171,20 @@ static napi_value ctx__js_run(napi_env env, napi_callback_info info) {
   ctx_run_args_t a;
   cdn_value_t out;
   double timeout;
+  iso_t* iso;
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  a.ctx = ctx__live(env, argv[0]);
+  a.ctx = ctx_live(env, argv[0], &iso);
   if (a.ctx == NULL) return NULL;
   CDN_CALL(env, napi_get_value_double(env, argv[5], &timeout));
-  if (ctx__source(env, argv + 1, &source) != napi_ok) {
-    ctx__source_free(&source);
+  if (ctx_source(env, argv + 1, NULL, &source) != napi_ok) {
+    ctx_source_free(&source);
     CDN_CALL(env, napi_generic_failure);
   }
   a.source = &source;
-  err = iso_call(a.ctx->iso, timeout, ctx__run_body, &a, &out);
-  ctx__source_free(&source);
-  return ctx__result(env, a.ctx->iso, err, &out);
+  err = iso_call(iso, timeout, ctx__run_body, &a, &out);
+  ctx_source_free(&source);
+  return ctx__result(env, iso, err, &out);
 }
 
 /* ---- scripts ---------------------------------------------------------- */
@@ -233,54 +204,80 @@ typedef struct {
   iso_t* iso;
   ctx_source_t* source;
   cdn_engine_script_t* result;
+  cdn_cache_result_t cache;
 } ctx_script_new_args_t;
 
 static int ctx__script_new_body(void* arg, cdn_value_t* out) {
   ctx_script_new_args_t* a = arg;
-  return cdn_engine_script_new(a->iso->engine, &a->source->src, &a->result,
-                               out);
+  return cdn_engine_script_new(a->iso->engine, &a->source->src, &a->result, out,
+                               &a->cache);
 }
 
-/* scriptNew(isolate, code, filename, lineOffset, columnOffset) -> handle */
-static napi_value ctx__js_script_new(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], ext;
-  ctx_source_t source;
-  ctx_script_new_args_t a;
-  cdn_value_t out;
-  ctx_script_t* s;
-  int err;
-  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  a.iso = iso_from_handle(env, argv[0]);
-  if (!iso_alive(a.iso)) return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
-  if (ctx__source(env, argv + 1, &source) != napi_ok) {
-    ctx__source_free(&source);
-    CDN_CALL(env, napi_generic_failure);
-  }
-  a.source = &source;
-  err = iso_call(a.iso, 0, ctx__script_new_body, &a, &out);
-  ctx__source_free(&source);
-  if (err != CDN_OK) return cdn_throw(env, a.iso->env, err, &out);
-  s = malloc(sizeof(*s));
+static napi_value ctx__script_result(napi_env env, ctx_script_new_args_t* a) {
+  napi_value ext, rejected, buf, result;
+  ctx_script_t* s = malloc(sizeof(*s));
   if (s == NULL) {
-    cdn_engine_script_release(a.result);
+    cdn_engine_script_release(a->result);
     CDN_CALL(env, napi_generic_failure);
   }
-  s->iso = a.iso;
-  s->engine = a.result;
-  a.iso->refs++;
-  a.iso->env->n_scripts++;
+  s->iso = a->iso;
+  s->engine = a->result;
+  a->iso->refs++;
+  a->iso->env->n_scripts++;
   if (napi_create_external(env, s, ctx__script_finalize, NULL, &ext) !=
       napi_ok) {
     ctx__script_finalize(env, s, NULL);
     CDN_CALL(env, napi_generic_failure);
   }
-  return ext;
+  CDN_CALL(env, napi_create_int32(env, a->cache.cache_rejected, &rejected));
+  if (a->cache.cache != NULL) {
+    CDN_CALL(env, napi_create_buffer_copy(env, a->cache.cache_len,
+                                          a->cache.cache, NULL, &buf));
+  } else {
+    CDN_CALL(env, napi_get_undefined(env, &buf));
+  }
+  CDN_CALL(env, napi_create_array_with_length(env, 3, &result));
+  CDN_CALL(env, napi_set_element(env, result, 0, ext));
+  CDN_CALL(env, napi_set_element(env, result, 1, rejected));
+  CDN_CALL(env, napi_set_element(env, result, 2, buf));
+  return result;
+}
+
+/* scriptNew(isolate, code, filename, lineOffset, columnOffset, cachedData,
+ *           produceCachedData) -> [handle, cacheRejected, cacheBuffer] */
+static napi_value ctx__js_script_new(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7], result;
+  ctx_source_t source;
+  ctx_script_new_args_t a;
+  cdn_value_t out;
+  bool produce;
+  int err;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  memset(&a, 0, sizeof(a));
+  a.iso = iso_from_handle(env, argv[0]);
+  if (!iso_alive(a.iso)) return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
+  CDN_CALL(env, napi_get_value_bool(env, argv[6], &produce));
+  if (ctx_source(env, argv + 1, argv[5], &source) != napi_ok) {
+    ctx_source_free(&source);
+    CDN_CALL(env, napi_generic_failure);
+  }
+  source.src.produce_cached_data = produce;
+  a.source = &source;
+  err = iso_call(a.iso, 0, ctx__script_new_body, &a, &out);
+  ctx_source_free(&source);
+  if (err != CDN_OK) {
+    cdn_cache_result_free(&a.cache);
+    return cdn_throw(env, a.iso->env, err, &out);
+  }
+  result = ctx__script_result(env, &a);
+  cdn_cache_result_free(&a.cache);
+  return result;
 }
 
 static int ctx__script_run_body(void* arg, cdn_value_t* out) {
   ctx_run_args_t* a = arg;
-  return cdn_engine_script_run(a->script->engine, a->ctx->engine, out);
+  return cdn_engine_script_run(a->script->engine, a->ctx, out);
 }
 
 /* scriptRun(script, context, timeoutMs). lib/ checks both share an
@@ -291,17 +288,48 @@ static napi_value ctx__js_script_run(napi_env env, napi_callback_info info) {
   ctx_run_args_t a;
   cdn_value_t out;
   double timeout;
+  iso_t* iso;
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   a.script = ctx__external(env, argv[0]);
-  a.ctx = ctx__live(env, argv[1]);
+  a.ctx = ctx_live(env, argv[1], &iso);
   if (a.ctx == NULL) return NULL;
-  CDN_ASSERT(a.script->iso == a.ctx->iso);
-  if (a.script->engine == NULL)
-    return cdn_throw(env, a.ctx->iso->env, CDN_KDISPOSED, NULL);
+  CDN_ASSERT(a.script->iso == iso);
   CDN_CALL(env, napi_get_value_double(env, argv[2], &timeout));
-  err = iso_call(a.ctx->iso, timeout, ctx__script_run_body, &a, &out);
-  return ctx__result(env, a.ctx->iso, err, &out);
+  err = iso_call(iso, timeout, ctx__script_run_body, &a, &out);
+  return ctx__result(env, iso, err, &out);
+}
+
+typedef struct {
+  ctx_script_t* script;
+  uint8_t* data;
+  size_t len;
+} ctx_cache_args_t;
+
+static int ctx__script_cache_body(void* arg, cdn_value_t* out) {
+  ctx_cache_args_t* a = arg;
+  (void)out;
+  return cdn_engine_script_cache(a->script->engine, &a->data, &a->len);
+}
+
+/* scriptCache(script) -> Buffer */
+static napi_value ctx__js_script_cache(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], buf;
+  ctx_cache_args_t a = {0};
+  cdn_value_t out;
+  napi_status st;
+  int err;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  a.script = ctx__external(env, argv[0]);
+  if (!iso_alive(a.script->iso))
+    return cdn_throw(env, a.script->iso->env, CDN_KDISPOSED, NULL);
+  err = iso_call(a.script->iso, 0, ctx__script_cache_body, &a, &out);
+  if (err != CDN_OK) return cdn_throw(env, a.script->iso->env, err, &out);
+  st = napi_create_buffer_copy(env, a.len, a.data, NULL, &buf);
+  free(a.data);
+  CDN_CALL(env, st);
+  return buf;
 }
 
 napi_value ctx_init_exports(napi_env env, napi_value exports) {
@@ -314,6 +342,8 @@ napi_value ctx_init_exports(napi_env env, napi_value exports) {
        NULL},
       {"scriptRun", NULL, ctx__js_script_run, NULL, NULL, NULL, napi_default,
        NULL},
+      {"scriptCache", NULL, ctx__js_script_cache, NULL, NULL, NULL,
+       napi_default, NULL},
   };
   CDN_CALL(env, napi_define_properties(
                     env, exports, sizeof(props) / sizeof(props[0]), props));

@@ -75,12 +75,12 @@ struct cdn_env_s {
   wd_t wd;
   iso_t* isolates;
   napi_ref make_error; /* lib's (kind, name, message, stack, value) */
-  napi_ref invoke;     /* lib's (fn, argsBuffer) for host callbacks */
   /* live host records, for tests */
   int64_t n_isolates;
   int64_t n_contexts;
   int64_t n_scripts;
   int64_t n_callbacks;
+  int64_t n_functions;
 };
 
 void cdn_throw_status(napi_env env, napi_status status, const char* call);
@@ -88,7 +88,10 @@ void cdn_abort(const char* file, int line, const char* expr);
 void cdn_env_unref(cdn_env_t* cenv);
 /* Throw the error lib/ builds for a failed call. `kind` is a status
  * (cdn_status) or one of the CDN_K* below; `v` may hold the error. */
-enum { CDN_KDISPOSED = -100, CDN_KTIMEOUT = -101 };
+enum { CDN_KDISPOSED = -100, CDN_KTIMEOUT = -101, CDN_KDEPTH = -102 };
+
+/* How deep host callbacks may re-enter one isolate. */
+#define CDN_MAX_DEPTH 32
 napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v);
 cdn_env_t* cdn_env_get(napi_env env);
 
@@ -115,6 +118,28 @@ void iso_callback_free(void* cb);
 iso_t* iso_from_handle(napi_env env, napi_value v);
 
 /* context.c */
+/* Code up to this many UTF-16 units is copied to the stack, not the heap. */
+#define CTX_STACK_CODE 512
+#define CTX_STACK_FILE 128
+
+/* A source text pulled out of JS arguments. */
+typedef struct {
+  cdn_source_t src;
+  uint16_t code_buf[CTX_STACK_CODE];
+  uint16_t file_buf[CTX_STACK_FILE];
+  int code_heap;
+  int file_heap;
+} ctx_source_t;
+
+/* argv: code, filename, lineOffset, columnOffset; `cached` (or NULL) a
+ * Uint8Array of code cache or undefined. Free with ctx_source_free(),
+ * whatever this returned. */
+napi_status ctx_source(napi_env env, napi_value* argv, napi_value cached,
+                       ctx_source_t* s);
+void ctx_source_free(ctx_source_t* s);
+/* The engine context behind a context handle; NULL after throwing
+ * ERR_ISOLATE_DISPOSED if it or its isolate is gone. */
+cdn_engine_context_t* ctx_live(napi_env env, napi_value v, iso_t** iso);
 napi_value ctx_init_exports(napi_env env, napi_value exports);
 
 /* value.c */
@@ -124,8 +149,18 @@ napi_status val_get_utf16(napi_env env, napi_value v, uint16_t* stack_buf,
                           size_t stack_len, uint16_t** out, size_t* len,
                           int* heap);
 napi_status val_to_napi(napi_env env, const cdn_value_t* v, napi_value* out);
-/* A Buffer/Uint8Array (serialised bytes), a string, or a primitive. Borrows
- * the Buffer's memory. */
-napi_status val_from_napi(napi_env env, napi_value v, cdn_value_t* out);
+/* A primitive, or an object encoded by lib/ as [bytes, hostFunctions].
+ * Borrows the bytes; makes a callback of each host function (refs). */
+napi_status val_from_napi(napi_env env, cdn_env_t* cenv, napi_value v,
+                          cdn_value_t* out);
+/* cdn_value_free, releasing first the callbacks the engine did not take. */
+void val_release(cdn_value_t* v);
+
+/* function.c */
+/* A value for lib/: a primitive, a Buffer, or, when it carries functions,
+ * [bytes, handles, names, lengths] (the handles take the references). */
+napi_status fn_value_to_napi(napi_env env, iso_t* iso, cdn_value_t* v,
+                             napi_value* out);
+napi_value fn_init_exports(napi_env env, napi_value exports);
 
 #endif /* CORDON_CORDON_H_ */

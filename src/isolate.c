@@ -53,6 +53,7 @@ int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
   int err;
   CDN_ASSERT(eng != NULL);
   memset(out, 0, sizeof(*out));
+  if (iso->depth >= CDN_MAX_DEPTH) return CDN_KDEPTH;
   cdn_engine_lock(eng);
   iso->depth++;
   if (timeout_ms > 0) {
@@ -132,69 +133,58 @@ static void iso__wake(void* data) {
   uv_async_send(&iso->wake->async);
 }
 
-/* Host thread, inside a run: call a host function for the sandbox. */
+/* lib/'s answer from a host callback: a primitive, or [0, encoded] for a
+ * result that is an object, or [1, name, message] for an exception. */
+static napi_status iso__answer(napi_env env, cdn_env_t* cenv, napi_value ret,
+                               cdn_value_t* result) {
+  napi_valuetype type;
+  napi_value tag, a, b;
+  int32_t t;
+  size_t n;
+  CDN_CHECK(napi_typeof(env, ret, &type));
+  if (type != napi_object) return val_from_napi(env, cenv, ret, result);
+  CDN_CHECK(napi_get_element(env, ret, 0, &tag));
+  CDN_CHECK(napi_get_value_int32(env, tag, &t));
+  CDN_CHECK(napi_get_element(env, ret, 1, &a));
+  if (t == 0) return val_from_napi(env, cenv, a, result);
+  CDN_CHECK(napi_get_element(env, ret, 2, &b));
+  result->kind = CDN_VAL_ERROR;
+  CDN_CHECK(napi_get_value_string_utf8(env, a, NULL, 0, &n));
+  if ((result->name = malloc(n + 1)) == NULL) return napi_generic_failure;
+  CDN_CHECK(napi_get_value_string_utf8(env, a, result->name, n + 1, &n));
+  CDN_CHECK(napi_get_value_string_utf8(env, b, NULL, 0, &n));
+  if ((result->message = malloc(n + 1)) == NULL) return napi_generic_failure;
+  return napi_get_value_string_utf8(env, b, result->message, n + 1, &n);
+}
+
+/* Host thread, inside a run: call a host function for the sandbox. The
+ * function is lib/'s wrapper: it decodes the arguments, calls the user's
+ * function and encodes what it returned or threw. */
 static void iso__call(void* data, void* cbp, const cdn_value_t* args,
                       cdn_value_t* result) {
   iso_t* iso = data;
   iso_callback_t* cb = cbp;
   napi_env env = iso->env->env;
   napi_handle_scope scope;
-  napi_value argv[2], invoke, global, ret;
-  bool is_buffer = false, is_array = false;
-  void* bytes;
-  size_t len;
+  napi_value fn, argv[1], global, ret, exc;
+  napi_status st;
 
-  if (napi_open_handle_scope(env, &scope) != napi_ok) {
+  memset(result, 0, sizeof(*result));
+  st = napi_open_handle_scope(env, &scope);
+  if (st == napi_ok) st = napi_get_reference_value(env, cb->fn, &fn);
+  if (st == napi_ok)
+    st = fn_value_to_napi(env, iso, (cdn_value_t*)args, &argv[0]);
+  if (st == napi_ok) st = napi_get_global(env, &global);
+  if (st == napi_ok) st = napi_call_function(env, global, fn, 1, argv, &ret);
+  if (st == napi_ok) st = iso__answer(env, iso->env, ret, result);
+  if (st != napi_ok) {
+    /* Only when the host is shutting down: lib's wrapper catches all. */
+    napi_get_and_clear_last_exception(env, &exc);
+    val_release(result);
     result->kind = CDN_VAL_ERROR;
     result->name = strdup("Error");
-    result->message = strdup("the host is shutting down");
-    return;
+    result->message = strdup("the host callback could not be called");
   }
-  if (napi_get_reference_value(env, cb->fn, &argv[0]) != napi_ok ||
-      napi_get_reference_value(env, iso->env->invoke, &invoke) != napi_ok ||
-      val_to_napi(env, args, &argv[1]) != napi_ok ||
-      napi_get_global(env, &global) != napi_ok ||
-      napi_call_function(env, global, invoke, 2, argv, &ret) != napi_ok) {
-    napi_value exc;
-    napi_get_and_clear_last_exception(env, &exc);
-    goto fail;
-  }
-  /* lib's invoke() returns the serialised result, or [name, message]. */
-  napi_is_buffer(env, ret, &is_buffer);
-  if (is_buffer && napi_get_buffer_info(env, ret, &bytes, &len) == napi_ok) {
-    result->kind = CDN_VAL_BYTES;
-    result->u.bytes = malloc(len > 0 ? len : 1);
-    if (result->u.bytes == NULL) goto fail;
-    memcpy(result->u.bytes, bytes, len);
-    result->len = len;
-    napi_close_handle_scope(env, scope);
-    return;
-  }
-  napi_is_array(env, ret, &is_array);
-  if (is_array) {
-    napi_value name, message;
-    size_t n;
-    char buf[1024];
-    if (napi_get_element(env, ret, 0, &name) == napi_ok &&
-        napi_get_element(env, ret, 1, &message) == napi_ok &&
-        napi_get_value_string_utf8(env, name, buf, sizeof(buf), &n) ==
-            napi_ok) {
-      result->kind = CDN_VAL_ERROR;
-      result->name = strdup(buf);
-      if (napi_get_value_string_utf8(env, message, NULL, 0, &n) == napi_ok &&
-          (result->message = malloc(n + 1)) != NULL &&
-          napi_get_value_string_utf8(env, message, result->message, n + 1,
-                                     &n) == napi_ok) {
-        napi_close_handle_scope(env, scope);
-        return;
-      }
-    }
-  }
-fail:
-  cdn_value_free(result);
-  result->kind = CDN_VAL_ERROR;
-  result->name = strdup("Error");
-  result->message = strdup("the host callback failed");
   napi_close_handle_scope(env, scope);
 }
 
@@ -389,6 +379,7 @@ static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
   CDN_CALL(env, iso__set_num(env, obj, "contexts", (double)hs.contexts));
   CDN_CALL(env, iso__set_num(env, obj, "scripts", (double)hs.scripts));
   CDN_CALL(env, iso__set_num(env, obj, "callbacks", (double)hs.callbacks));
+  CDN_CALL(env, iso__set_num(env, obj, "functions", (double)hs.functions));
   return obj;
 }
 
@@ -402,6 +393,7 @@ static napi_value iso__js_live(napi_env env, napi_callback_info info) {
   CDN_CALL(env, iso__set_num(env, obj, "contexts", (double)cenv->n_contexts));
   CDN_CALL(env, iso__set_num(env, obj, "scripts", (double)cenv->n_scripts));
   CDN_CALL(env, iso__set_num(env, obj, "callbacks", (double)cenv->n_callbacks));
+  CDN_CALL(env, iso__set_num(env, obj, "functions", (double)cenv->n_functions));
   return obj;
 }
 

@@ -53,9 +53,52 @@ napi_status val_to_napi(napi_env env, const cdn_value_t* v, napi_value* out) {
   return napi_invalid_arg;
 }
 
-napi_status val_from_napi(napi_env env, napi_value v, cdn_value_t* out) {
+/* An encoded object from lib/: [bytes, hostFunctions]. The bytes are
+ * borrowed; each host function becomes a callback for the engine. */
+static napi_status val__from_encoded(napi_env env, cdn_env_t* cenv,
+                                     napi_value v, cdn_value_t* out) {
+  napi_value bytes, fns, fn;
+  uint32_t n = 0, i;
+  napi_typedarray_type tt;
+  void* data;
+  size_t length;
+  CDN_CHECK(napi_get_element(env, v, 0, &bytes));
+  CDN_CHECK(napi_get_element(env, v, 1, &fns));
+  CDN_CHECK(
+      napi_get_typedarray_info(env, bytes, &tt, &length, &data, NULL, NULL));
+  if (tt != napi_uint8_array) return napi_invalid_arg;
+  out->kind = CDN_VAL_BYTES;
+  out->u.bytes = data;
+  out->len = length;
+  out->borrowed = 1;
+  CDN_CHECK(napi_get_array_length(env, fns, &n));
+  if (n == 0) return napi_ok;
+  out->refs = calloc(n, sizeof(void*));
+  if (out->refs == NULL) return napi_generic_failure;
+  out->nrefs = n;
+  for (i = 0; i < n; i++) {
+    CDN_CHECK(napi_get_element(env, fns, i, &fn));
+    CDN_CHECK(iso_callback_new(cenv, fn, &out->refs[i]));
+  }
+  return napi_ok;
+}
+
+void val_release(cdn_value_t* v) {
+  size_t i;
+  if (!v->refs_out) {
+    for (i = 0; i < v->nrefs; i++) {
+      if (v->refs[i] != NULL) iso_callback_free(v->refs[i]);
+      v->refs[i] = NULL;
+    }
+  }
+  cdn_value_free(v);
+}
+
+napi_status val_from_napi(napi_env env, cdn_env_t* cenv, napi_value v,
+                          cdn_value_t* out) {
   napi_valuetype type;
-  bool is_typed;
+  bool is_array;
+  napi_status st;
   memset(out, 0, sizeof(*out));
   CDN_CHECK(napi_typeof(env, v, &type));
   switch (type) {
@@ -85,21 +128,11 @@ napi_status val_from_napi(napi_env env, napi_value v, cdn_value_t* out) {
                                          &out->len);
     }
     case napi_object:
-      CDN_CHECK(napi_is_typedarray(env, v, &is_typed));
-      if (is_typed) {
-        napi_typedarray_type tt;
-        void* data;
-        size_t length;
-        CDN_CHECK(
-            napi_get_typedarray_info(env, v, &tt, &length, &data, NULL, NULL));
-        if (tt != napi_uint8_array) return napi_invalid_arg;
-        out->kind = CDN_VAL_BYTES;
-        out->u.bytes = data;
-        out->len = length;
-        out->borrowed = 1;
-        return napi_ok;
-      }
-      return napi_invalid_arg;
+      CDN_CHECK(napi_is_array(env, v, &is_array));
+      if (!is_array) return napi_invalid_arg;
+      st = val__from_encoded(env, cenv, v, out);
+      if (st != napi_ok) val_release(out);
+      return st;
     default:
       return napi_invalid_arg;
   }

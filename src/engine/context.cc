@@ -1,5 +1,7 @@
-// context.cc: contexts, host callbacks, compiled scripts and runs.
+// context.cc: contexts, compiled scripts and functions, host callbacks, and
+// runs. Everything here runs with the isolate lock held.
 #include <cstdlib>
+#include <cstring>
 
 #include "internal.h"
 
@@ -19,12 +21,8 @@ namespace cordon {
 
 ContextRecord::~ContextRecord() {
   context.Reset();
-  cdn_engine_isolate_t* i = iso();
-  for (auto& cb : callbacks) {
-    i->hooks.release(i->hooks.data, cb->cb);
-    i->callbacks--;
-  }
-  i->contexts--;
+  link->rec = nullptr;
+  iso()->contexts--;
 }
 
 ScriptRecord::~ScriptRecord() {
@@ -32,22 +30,42 @@ ScriptRecord::~ScriptRecord() {
   iso()->scripts--;
 }
 
+FunctionRecord::~FunctionRecord() {
+  fn.Reset();
+  iso()->functions--;
+}
+
+CallbackRecord::~CallbackRecord() {
+  fn.Reset();
+  iso()->hooks.release(iso()->hooks.data, cb);
+  iso()->callbacks--;
+}
+
 namespace {
+
+// The sandbox collected a host callback's function: release the record
+// (and so the host reference) from the queue, on the lock holder's thread.
+void OnCallbackCollected(const v8::WeakCallbackInfo<CallbackRecord>& info) {
+  CallbackRecord* rec = info.GetParameter();
+  rec->fn.Reset();
+  rec->iso()->tasks->PostRelease(rec);
+}
 
 // A call from sandbox code to a host function. Runs on the thread holding
 // the isolate lock, which for a sync run is the host's own thread.
 void CallHost(const FunctionCallbackInfo<Value>& info) {
   Isolate* isolate = info.GetIsolate();
-  auto* cb = static_cast<Callback*>(info.Data().As<External>()->Value());
-  cdn_engine_isolate_t* iso = cb->iso;
+  auto* rec = static_cast<CallbackRecord*>(info.Data().As<External>()->Value());
+  cdn_engine_isolate_t* iso = rec->iso();
   Local<Context> context = isolate->GetCurrentContext();
+  if (rec->link->rec == nullptr) return;  // its context is gone
 
   Local<v8::Array> array = v8::Array::New(isolate, info.Length());
   for (int i = 0; i < info.Length(); i++) {
     if (array->Set(context, i, info[i]).IsNothing()) return;
   }
   cdn_value_t args;
-  int err = ToHost(isolate, context, array, &args);
+  int err = ToHost(isolate, context, array, rec->link, &args);
   if (err == CDN_ECLONE) {
     ThrowInSandbox(isolate, &args);
     cdn_value_free(&args);
@@ -57,50 +75,95 @@ void CallHost(const FunctionCallbackInfo<Value>& info) {
 
   cdn_value_t result{};
   iso->host_isolate->Enter();
-  iso->hooks.call(iso->hooks.data, cb->cb, &args, &result);
+  iso->hooks.call(iso->hooks.data, rec->cb, &args, &result);
   iso->host_isolate->Exit();
   cdn_value_free(&args);
-  if (isolate->IsExecutionTerminating()) {
+  if (isolate->IsExecutionTerminating() || rec->link->rec == nullptr) {
     // The deadline passed (or the isolate is being disposed) while the host
     // ran: unwind without touching the result.
+    ReleaseRefs(iso, &result);
     cdn_value_free(&result);
     return;
   }
-
   Local<Value> value;
-  if (FromHost(isolate, context, &result, &value)) {
+  if (FromHost(isolate, context, &result, rec->link, &value)) {
     info.GetReturnValue().Set(value);
   }
   cdn_value_free(&result);
 }
 
 Local<String> MakeString(Isolate* isolate, const uint16_t* s, size_t n) {
+  // The host is V8 too: its strings never exceed V8's maximum length.
   return String::NewFromTwoByte(isolate, s, v8::NewStringType::kNormal,
                                 static_cast<int>(n))
       .ToLocalChecked();
 }
 
-// The code and origin of a source text, ready for ScriptCompiler::Source.
-struct SourceText {
+// The code, origin and code cache of a source text, ready for a
+// ScriptCompiler::Source.
+class SourceText {
+ public:
   SourceText(Isolate* isolate, const cdn_source_t* src)
-      : code(MakeString(isolate, src->code, src->code_len)),
-        origin(isolate, MakeString(isolate, src->filename, src->filename_len),
-               src->line_offset, src->column_offset) {}
-  Local<String> code;
-  v8::ScriptOrigin origin;
+      : code_(MakeString(isolate, src->code, src->code_len)),
+        origin_(isolate, MakeString(isolate, src->filename, src->filename_len),
+                src->line_offset, src->column_offset),
+        source_(code_, origin_, Cache(src)) {}
+
+  ScriptCompiler::Source* source() {
+    return &source_;
+  }
+  ScriptCompiler::CompileOptions options() const {
+    return has_cache_ ? ScriptCompiler::kConsumeCodeCache
+                      : ScriptCompiler::kNoCompileOptions;
+  }
+  // After compiling: what became of the cache that was given.
+  void Report(cdn_cache_result_t* out) {
+    out->cache_rejected =
+        has_cache_ ? (source_.GetCachedData()->rejected ? 1 : 0) : -1;
+  }
+
+ private:
+  ScriptCompiler::CachedData* Cache(const cdn_source_t* src) {
+    has_cache_ = src->cached_data != nullptr;
+    if (!has_cache_) return nullptr;
+    // BufferNotOwned: the host's buffer outlives the compilation.
+    return new ScriptCompiler::CachedData(
+        src->cached_data, static_cast<int>(src->cached_len),
+        ScriptCompiler::CachedData::BufferNotOwned);
+  }
+
+  Local<String> code_;
+  v8::ScriptOrigin origin_;
+  bool has_cache_ = false;
+  ScriptCompiler::Source source_;
 };
+
+// A code cache as malloc'd bytes (V8 allocates it with new[]).
+void TakeCache(ScriptCompiler::CachedData* data, uint8_t** out, size_t* len) {
+  *out = nullptr;
+  *len = 0;
+  if (data == nullptr) return;
+  if (data->length > 0) {
+    *out = static_cast<uint8_t*>(malloc(data->length));
+    if (*out == nullptr) abort();
+    memcpy(*out, data->data, data->length);
+    *len = static_cast<size_t>(data->length);
+  }
+  delete data;
+}
 
 // Run a script bound to `context`, then the microtasks it queued (inside
 // the same deadline), and copy the completion value out.
 int RunBound(Isolate* isolate, Local<Context> context, TryCatch* try_catch,
-             Local<v8::Script> script, cdn_value_t* out) {
+             Local<v8::Script> script, const std::shared_ptr<ContextLink>& link,
+             cdn_value_t* out) {
   Local<Value> result;
   if (!script->Run(context).ToLocal(&result))
-    return ExceptionToHost(isolate, context, try_catch, false, out);
+    return ExceptionToHost(isolate, context, try_catch, false, link, out);
   isolate->PerformMicrotaskCheckpoint();
   if (try_catch->HasTerminated() || isolate->IsExecutionTerminating())
     return CDN_ETERMINATED;
-  return ToHost(isolate, context, result, out);
+  return ToHost(isolate, context, result, link, out);
 }
 
 // The statuses of a run in which V8 may have set out_of_memory.
@@ -114,41 +177,59 @@ int Status(cdn_engine_isolate_t* iso, int err) {
 }
 
 }  // namespace
+
+v8::MaybeLocal<v8::Function> NewCallbackFunction(
+    Local<Context> context, void* host_cb,
+    const std::shared_ptr<ContextLink>& link, const std::string& name,
+    int length) {
+  Isolate* isolate = context->GetIsolate();
+  auto* rec = new CallbackRecord(link->rec->iso(), host_cb, link);
+  Local<v8::Function> fn;
+  if (!v8::Function::New(context, CallHost, External::New(isolate, rec), length,
+                         v8::ConstructorBehavior::kThrow)
+           .ToLocal(&fn)) {
+    delete rec;
+    return v8::MaybeLocal<v8::Function>();
+  }
+  Local<String> n;
+  if (String::NewFromUtf8(isolate, name.data(), v8::NewStringType::kNormal,
+                          static_cast<int>(name.size()))
+          .ToLocal(&n))
+    fn->SetName(n);
+  rec->fn.Reset(isolate, fn);
+  rec->fn.SetWeak(rec, OnCallbackCollected, v8::WeakCallbackType::kParameter);
+  return fn;
+}
+
 }  // namespace cordon
 
-using cordon::Callback;
 using cordon::ContextRecord;
+using cordon::FunctionRecord;
 using cordon::ScriptRecord;
+using cordon::SourceText;
 
 extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
                                       const cdn_value_t* globals,
-                                      const cdn_callback_t* callbacks,
-                                      size_t ncallbacks,
                                       cdn_engine_context_t** out,
                                       cdn_value_t* err) {
   Isolate* isolate = iso->isolate;
   HandleScope handle_scope(isolate);
-  auto* rec = new ContextRecord(iso);
-  for (size_t i = 0; i < ncallbacks; i++) {
-    rec->callbacks.push_back(
-        std::make_unique<Callback>(Callback{iso, callbacks[i].cb}));
-    iso->callbacks++;
-  }
+  cdn_value_t in = *globals;  // FromHost takes its refs
   *err = cdn_value_t{};
   Local<Context> context = Context::New(isolate);
   if (context.IsEmpty()) {
-    delete rec;
+    cordon::ReleaseRefs(iso, &in);
     cordon::SetError(err, "Error", "could not create a context");
     return CDN_EINTERNAL;
   }
+  auto* rec = new ContextRecord(iso);
   Context::Scope context_scope(context);
   TryCatch try_catch(isolate);
-  Local<Object> global = context->Global();
-
-  if (globals->kind == CDN_VAL_BYTES) {
+  if (in.kind == CDN_VAL_BYTES) {
+    Local<Object> global = context->Global();
     Local<Value> v;
     Local<v8::Array> keys;
-    bool ok = cordon::FromHost(isolate, context, globals, &v) &&
+    bool ok = cordon::FromHost(isolate, context, &in, rec->link, &v) &&
               v->IsObject() &&
               v.As<Object>()->GetOwnPropertyNames(context).ToLocal(&keys);
     for (uint32_t i = 0; ok && i < keys->Length(); i++) {
@@ -158,28 +239,10 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
            global->Set(context, key, val).FromMaybe(false);
     }
     if (!ok) {
-      int e = cordon::ExceptionToHost(isolate, context, &try_catch, false, err);
+      int e = cordon::ExceptionToHost(isolate, context, &try_catch, false,
+                                      rec->link, err);
       delete rec;
       return e == CDN_EEXCEPTION ? CDN_ECLONE : e;
-    }
-  }
-  for (size_t i = 0; i < ncallbacks; i++) {
-    Local<v8::Function> fn;
-    Local<String> name =
-        cordon::MakeString(isolate, callbacks[i].name, callbacks[i].name_len);
-    if (!v8::Function::New(context, cordon::CallHost,
-                           External::New(isolate, rec->callbacks[i].get()), 0,
-                           v8::ConstructorBehavior::kThrow)
-             .ToLocal(&fn)) {
-      delete rec;
-      cordon::SetError(err, "Error", "could not create a host function");
-      return CDN_EINTERNAL;
-    }
-    fn->SetName(name);
-    if (global->Set(context, name, fn).IsNothing()) {
-      delete rec;
-      cordon::SetError(err, "Error", "could not define a host function");
-      return CDN_EINTERNAL;
     }
   }
   rec->context.Reset(isolate, context);
@@ -207,40 +270,57 @@ extern "C" int cdn_engine_run(cdn_engine_context_t* ctx,
   Context::Scope context_scope(context);
   TryCatch try_catch(isolate);
   *out = cdn_value_t{};
-
-  cordon::SourceText text(isolate, src);
-  ScriptCompiler::Source source(text.code, text.origin);
+  SourceText text(isolate, src);
   Local<v8::Script> script;
-  if (!ScriptCompiler::Compile(context, &source).ToLocal(&script)) {
+  if (!ScriptCompiler::Compile(context, text.source()).ToLocal(&script)) {
     return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true, out));
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true,
+                                     rec->link, out));
   }
-  return cordon::Status(
-      iso, cordon::RunBound(isolate, context, &try_catch, script, out));
+  return cordon::Status(iso, cordon::RunBound(isolate, context, &try_catch,
+                                              script, rec->link, out));
 }
 
 extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
                                      const cdn_source_t* src,
                                      cdn_engine_script_t** out,
-                                     cdn_value_t* err) {
+                                     cdn_value_t* err,
+                                     cdn_cache_result_t* cache) {
   Isolate* isolate = iso->isolate;
   HandleScope handle_scope(isolate);
   Local<Context> context = iso->internal_context.Get(isolate);
   Context::Scope context_scope(context);
   TryCatch try_catch(isolate);
   *err = cdn_value_t{};
-  cordon::SourceText text(isolate, src);
-  ScriptCompiler::Source source(text.code, text.origin);
+  *cache = cdn_cache_result_t{};
+  SourceText text(isolate, src);
   Local<v8::UnboundScript> script;
-  if (!ScriptCompiler::CompileUnboundScript(isolate, &source)
+  if (!ScriptCompiler::CompileUnboundScript(isolate, text.source(),
+                                            text.options())
            .ToLocal(&script)) {
     return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true, err));
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true,
+                                     nullptr, err));
+  }
+  text.Report(cache);
+  if (src->produce_cached_data) {
+    cordon::TakeCache(ScriptCompiler::CreateCodeCache(script), &cache->cache,
+                      &cache->cache_len);
   }
   auto* rec = new ScriptRecord(iso);
   rec->script.Reset(isolate, script);
   *out = reinterpret_cast<cdn_engine_script_t*>(rec);
   return CDN_OK;
+}
+
+extern "C" int cdn_engine_script_cache(cdn_engine_script_t* script,
+                                       uint8_t** data, size_t* len) {
+  auto* rec = reinterpret_cast<ScriptRecord*>(script);
+  Isolate* isolate = rec->iso()->isolate;
+  HandleScope handle_scope(isolate);
+  cordon::TakeCache(ScriptCompiler::CreateCodeCache(rec->script.Get(isolate)),
+                    data, len);
+  return *data != nullptr ? CDN_OK : CDN_EINTERNAL;
 }
 
 extern "C" void cdn_engine_script_release(cdn_engine_script_t* script) {
@@ -266,6 +346,130 @@ extern "C" int cdn_engine_script_run(cdn_engine_script_t* script,
   TryCatch try_catch(isolate);
   *out = cdn_value_t{};
   Local<v8::Script> bound = srec->script.Get(isolate)->BindToCurrentContext();
-  return cordon::Status(
-      iso, cordon::RunBound(isolate, context, &try_catch, bound, out));
+  return cordon::Status(iso, cordon::RunBound(isolate, context, &try_catch,
+                                              bound, crec->link, out));
+}
+
+extern "C" int cdn_engine_compile_function(
+    cdn_engine_context_t* ctx, const cdn_source_t* src,
+    const cdn_param_t* params, size_t nparams, const cdn_value_t* extensions,
+    cdn_value_t* out, cdn_cache_result_t* cache) {
+  auto* rec = reinterpret_cast<ContextRecord*>(ctx);
+  cdn_engine_isolate_t* iso = rec->iso();
+  Isolate* isolate = iso->isolate;
+  HandleScope handle_scope(isolate);
+  Local<Context> context = rec->context.Get(isolate);
+  Context::Scope context_scope(context);
+  TryCatch try_catch(isolate);
+  *out = cdn_value_t{};
+  *cache = cdn_cache_result_t{};
+
+  std::vector<Local<String>> names;
+  for (size_t i = 0; i < nparams; i++) {
+    names.push_back(cordon::MakeString(isolate, params[i].name, params[i].len));
+  }
+  std::vector<Local<Object>> scopes;
+  if (extensions->kind == CDN_VAL_BYTES) {
+    cdn_value_t in = *extensions;
+    Local<Value> v;
+    if (!cordon::FromHost(isolate, context, &in, rec->link, &v)) {
+      return cordon::Status(
+          iso, cordon::ExceptionToHost(isolate, context, &try_catch, false,
+                                       rec->link, out));
+    }
+    Local<v8::Array> list = v.As<v8::Array>();
+    for (uint32_t i = 0; i < list->Length(); i++) {
+      Local<Value> e;
+      if (!list->Get(context, i).ToLocal(&e) || !e->IsObject()) continue;
+      scopes.push_back(e.As<Object>());
+    }
+  }
+  SourceText text(isolate, src);
+  Local<v8::Function> fn;
+  if (!ScriptCompiler::CompileFunction(context, text.source(), names.size(),
+                                       names.data(), scopes.size(),
+                                       scopes.data(), text.options())
+           .ToLocal(&fn)) {
+    return cordon::Status(
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true,
+                                     rec->link, out));
+  }
+  text.Report(cache);
+  if (src->produce_cached_data) {
+    cordon::TakeCache(ScriptCompiler::CreateCodeCacheForFunction(fn),
+                      &cache->cache, &cache->cache_len);
+  }
+  return cordon::Status(iso,
+                        cordon::ToHost(isolate, context, fn, rec->link, out));
+}
+
+extern "C" int cdn_engine_call(cdn_engine_function_t* fnp,
+                               const cdn_value_t* this_arg,
+                               const cdn_value_t* args, size_t argc,
+                               cdn_value_t* out) {
+  auto* rec = reinterpret_cast<FunctionRecord*>(fnp);
+  cdn_engine_isolate_t* iso = rec->iso();
+  Isolate* isolate = iso->isolate;
+  *out = cdn_value_t{};
+  // FromHost takes the refs of each value, whatever happens.
+  std::vector<cdn_value_t> in(args, args + argc);
+  cdn_value_t this_in = *this_arg;
+  auto release_from = [&](size_t first) {
+    for (size_t i = first; i < argc; i++) cordon::ReleaseRefs(iso, &in[i]);
+  };
+  if (rec->link->rec == nullptr) {
+    cordon::ReleaseRefs(iso, &this_in);
+    release_from(0);
+    return CDN_EDISPOSED;
+  }
+  HandleScope handle_scope(isolate);
+  Local<Context> context = rec->link->rec->context.Get(isolate);
+  Context::Scope context_scope(context);
+  TryCatch try_catch(isolate);
+  const std::shared_ptr<cordon::ContextLink>& link = rec->link;
+
+  Local<Value> recv;
+  std::vector<Local<Value>> argv(argc);
+  bool ok = cordon::FromHost(isolate, context, &this_in, link, &recv);
+  if (!ok) release_from(0);
+  for (size_t i = 0; ok && i < argc; i++) {
+    ok = cordon::FromHost(isolate, context, &in[i], link, &argv[i]);
+    if (!ok) release_from(i + 1);
+  }
+  if (!ok) {
+    return cordon::Status(
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, link,
+                                     out));
+  }
+  Local<Value> result;
+  if (!rec->fn.Get(isolate)
+           ->Call(context, recv, static_cast<int>(argv.size()), argv.data())
+           .ToLocal(&result)) {
+    return cordon::Status(
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, link,
+                                     out));
+  }
+  isolate->PerformMicrotaskCheckpoint();
+  if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())
+    return cordon::Status(iso, CDN_ETERMINATED);
+  return cordon::Status(iso,
+                        cordon::ToHost(isolate, context, result, link, out));
+}
+
+extern "C" void cdn_engine_function_release(cdn_engine_function_t* fn) {
+  auto* rec = reinterpret_cast<FunctionRecord*>(fn);
+  rec->iso()->tasks->PostRelease(rec);
+}
+
+extern "C" const char* cdn_engine_function_name(cdn_engine_function_t* fn) {
+  return reinterpret_cast<FunctionRecord*>(fn)->name.c_str();
+}
+
+extern "C" int cdn_engine_function_length(cdn_engine_function_t* fn) {
+  return reinterpret_cast<FunctionRecord*>(fn)->length;
+}
+
+extern "C" cdn_engine_isolate_t* cdn_engine_function_isolate(
+    cdn_engine_function_t* fn) {
+  return reinterpret_cast<FunctionRecord*>(fn)->iso();
 }

@@ -30,12 +30,14 @@ typedef enum {
   CDN_ETERMINATED = -2, /* execution was terminated (deadline or dispose) */
   CDN_ECLONE = -3,      /* a value could not be copied across; see value */
   CDN_ENOMEM = -4,      /* the sandbox ran out of its memory limit */
-  CDN_EINTERNAL = -5    /* the engine could not complete the call */
+  CDN_EINTERNAL = -5,   /* the engine could not complete the call */
+  CDN_EDISPOSED = -6    /* the context of a function is disposed */
 } cdn_status;
 
 typedef struct cdn_engine_isolate_s cdn_engine_isolate_t;
 typedef struct cdn_engine_context_s cdn_engine_context_t;
 typedef struct cdn_engine_script_s cdn_engine_script_t;
+typedef struct cdn_engine_function_s cdn_engine_function_t;
 
 /* A value crossing the boundary. Owned buffers are malloc'd and freed by
  * cdn_value_free(). Objects travel in V8's serialisation format, with
@@ -68,8 +70,18 @@ typedef struct {
   char* stack;
   /* Set when u points at memory the value does not own. */
   int borrowed;
+  /* Functions inside a CDN_VAL_BYTES value travel as references: host
+   * object type 13 with an index into refs (see value.cc). Out of the
+   * sandbox (refs_out set), refs[i] is a cdn_engine_function_t* that the
+   * receiver takes (sets to NULL) or cdn_value_free releases. Into the
+   * sandbox, refs[i] is a host callback pointer; the engine takes every one
+   * of them (hooks->release frees it once its sandbox function is gone). */
+  void** refs;
+  size_t nrefs;
+  int refs_out;
 } cdn_value_t;
 
+/* Frees what the value owns, releasing untaken function references. */
 void cdn_value_free(cdn_value_t* v);
 
 /* Hooks through which the engine reaches the host. Given once per isolate. */
@@ -131,26 +143,18 @@ typedef struct {
   size_t contexts;
   size_t scripts;
   size_t callbacks;
+  size_t functions;
 } cdn_heap_stats_t;
 
 /* With the lock held. */
 void cdn_engine_heap_stats(cdn_engine_isolate_t* iso, cdn_heap_stats_t* out);
 
-/* A host function exposed as a global of a new context. */
-typedef struct {
-  const uint16_t* name;
-  size_t name_len;
-  void* cb; /* handed back to hooks->call and hooks->release */
-} cdn_callback_t;
-
 /* With the lock held: a new context. `globals` (CDN_VAL_BYTES of a
  * serialised object, or CDN_VAL_UNDEFINED) has its own enumerable
- * properties copied onto the global object; each callback becomes a
- * function global. Ownership of every cb passes to the engine, even on
- * failure; it is released through hooks->release. */
+ * properties copied onto the global object; functions among them (host
+ * callbacks, as references) become sandbox functions that call the host. */
 int cdn_engine_context_new(cdn_engine_isolate_t* iso,
                            const cdn_value_t* globals,
-                           const cdn_callback_t* callbacks, size_t ncallbacks,
                            cdn_engine_context_t** out, cdn_value_t* err);
 
 /* Thread-safe: free the context the next time the isolate's lock is held
@@ -164,7 +168,20 @@ typedef struct {
   size_t filename_len;
   int line_offset;
   int column_offset;
+  /* V8 code cache to consume (NULL: none), and whether to produce one. */
+  const uint8_t* cached_data;
+  size_t cached_len;
+  int produce_cached_data;
 } cdn_source_t;
+
+/* What compiling with a code cache reports. `cache` is malloc'd. */
+typedef struct {
+  int cache_rejected; /* -1: no cache was given */
+  uint8_t* cache;
+  size_t cache_len;
+} cdn_cache_result_t;
+
+void cdn_cache_result_free(cdn_cache_result_t* r);
 
 /* With the lock held: compile and run `src` in `ctx`, run the microtasks it
  * queued, and copy the completion value into `out`. */
@@ -173,12 +190,45 @@ int cdn_engine_run(cdn_engine_context_t* ctx, const cdn_source_t* src,
 
 /* With the lock held: compile `src` once, unbound to any context. */
 int cdn_engine_script_new(cdn_engine_isolate_t* iso, const cdn_source_t* src,
-                          cdn_engine_script_t** out, cdn_value_t* err);
+                          cdn_engine_script_t** out, cdn_value_t* err,
+                          cdn_cache_result_t* cache);
+/* With the lock held: a code cache for the script (malloc'd). */
+int cdn_engine_script_cache(cdn_engine_script_t* script, uint8_t** data,
+                            size_t* len);
 /* Thread-safe, like cdn_engine_context_release. */
 void cdn_engine_script_release(cdn_engine_script_t* script);
 /* With the lock held: run a compiled script in a context of its isolate. */
 int cdn_engine_script_run(cdn_engine_script_t* script,
                           cdn_engine_context_t* ctx, cdn_value_t* out);
+
+/* A parameter name of a compiled function. */
+typedef struct {
+  const uint16_t* name;
+  size_t len;
+} cdn_param_t;
+
+/* With the lock held: compile a function body in `ctx`
+ * (ScriptCompiler::CompileFunction). `extensions` is CDN_VAL_UNDEFINED or a
+ * serialised array of objects whose properties are in scope of the body.
+ * On success `out` is a CDN_VAL_BYTES value holding one function
+ * reference. */
+int cdn_engine_compile_function(cdn_engine_context_t* ctx,
+                                const cdn_source_t* src,
+                                const cdn_param_t* params, size_t nparams,
+                                const cdn_value_t* extensions, cdn_value_t* out,
+                                cdn_cache_result_t* cache);
+
+/* With the lock held: call a sandbox function with `argc` values. The
+ * engine takes the refs of this_arg and of every argument. */
+int cdn_engine_call(cdn_engine_function_t* fn, const cdn_value_t* this_arg,
+                    const cdn_value_t* argv, size_t argc, cdn_value_t* out);
+
+/* Thread-safe, like cdn_engine_context_release. */
+void cdn_engine_function_release(cdn_engine_function_t* fn);
+/* Thread-safe: what the function was created with (UTF-8; immutable). */
+const char* cdn_engine_function_name(cdn_engine_function_t* fn);
+int cdn_engine_function_length(cdn_engine_function_t* fn);
+cdn_engine_isolate_t* cdn_engine_function_isolate(cdn_engine_function_t* fn);
 
 cdn_engine_isolate_t* cdn_engine_context_isolate(cdn_engine_context_t* ctx);
 cdn_engine_isolate_t* cdn_engine_script_isolate(cdn_engine_script_t* script);

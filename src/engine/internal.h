@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <node.h>
@@ -142,6 +143,7 @@ struct cdn_engine_isolate_s {
   size_t contexts = 0;
   size_t scripts = 0;
   size_t callbacks = 0;
+  size_t functions = 0;
 
   // Set by the near-heap-limit callback; reported as CDN_ENOMEM.
   std::atomic<bool> out_of_memory{false};
@@ -156,21 +158,24 @@ struct cdn_engine_isolate_s {
 
 namespace cordon {
 
-// A host function exposed in a context. Owned by its context.
-struct Callback {
-  cdn_engine_isolate_t* iso;
-  void* cb;
+class ContextRecord;
+
+// Points at a context record for as long as it lives. Records of functions
+// share it, so that a call after the context was disposed fails cleanly.
+struct ContextLink {
+  ContextRecord* rec;
 };
 
 class ContextRecord final : public Record {
  public:
-  explicit ContextRecord(cdn_engine_isolate_t* iso) : Record(iso) {
+  explicit ContextRecord(cdn_engine_isolate_t* iso)
+      : Record(iso), link(std::make_shared<ContextLink>(ContextLink{this})) {
     iso->contexts++;
   }
   ~ContextRecord() override;
 
   v8::Global<v8::Context> context;
-  std::vector<std::unique_ptr<Callback>> callbacks;
+  std::shared_ptr<ContextLink> link;
 };
 
 class ScriptRecord final : public Record {
@@ -183,17 +188,63 @@ class ScriptRecord final : public Record {
   v8::Global<v8::UnboundScript> script;
 };
 
+// A sandbox function the host holds (a host proxy's target): strong, until
+// the host drops its proxy.
+class FunctionRecord final : public Record {
+ public:
+  FunctionRecord(cdn_engine_isolate_t* iso, std::shared_ptr<ContextLink> l)
+      : Record(iso), link(std::move(l)) {
+    iso->functions++;
+  }
+  ~FunctionRecord() override;
+
+  v8::Global<v8::Function> fn;
+  std::shared_ptr<ContextLink> link;
+  std::string name;
+  int length = 0;
+};
+
+// A host function the sandbox holds, as a sandbox function that calls it.
+// The sandbox function is held weakly: when the sandbox collects it, the
+// record is released and the host reference with it.
+class CallbackRecord final : public Record {
+ public:
+  CallbackRecord(cdn_engine_isolate_t* iso, void* host_cb,
+                 std::shared_ptr<ContextLink> l)
+      : Record(iso), cb(host_cb), link(std::move(l)) {
+    iso->callbacks++;
+  }
+  ~CallbackRecord() override;
+
+  void* cb;
+  std::shared_ptr<ContextLink> link;
+  v8::Global<v8::Function> fn;
+};
+
+// The sandbox function for a host callback.
+v8::MaybeLocal<v8::Function> NewCallbackFunction(
+    v8::Local<v8::Context> context, void* host_cb,
+    const std::shared_ptr<ContextLink>& link, const std::string& name,
+    int length);
+
 // value.cc: values across the boundary. With the lock held and a context
 // entered. They return CDN_OK, CDN_ECLONE (reason in `out`), or
 // CDN_ETERMINATED.
+// Functions in `value` become FunctionRecords of `link`'s context.
 int ToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
-           v8::Local<v8::Value> value, cdn_value_t* out);
+           v8::Local<v8::Value> value, const std::shared_ptr<ContextLink>& link,
+           cdn_value_t* out);
 // Returns false with an exception scheduled in the sandbox on failure.
+// Takes in->refs (host callbacks) in every case.
 bool FromHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
-              const cdn_value_t* in, v8::Local<v8::Value>* out);
+              cdn_value_t* in, const std::shared_ptr<ContextLink>& link,
+              v8::Local<v8::Value>* out);
+// Release host callbacks of a value that never reached FromHost.
+void ReleaseRefs(cdn_engine_isolate_t* iso, cdn_value_t* v);
 // The error a sandbox exception becomes on the host side.
 int ExceptionToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
-                    v8::TryCatch* try_catch, bool compiling, cdn_value_t* out);
+                    v8::TryCatch* try_catch, bool compiling,
+                    const std::shared_ptr<ContextLink>& link, cdn_value_t* out);
 // Throw a host-described error (CDN_VAL_ERROR) in the sandbox.
 void ThrowInSandbox(v8::Isolate* isolate, const cdn_value_t* error);
 // isolate.cc: after an out-of-memory termination, with the lock held.

@@ -278,10 +278,25 @@ extern "C" void cdn_engine_heap_stats(cdn_engine_isolate_t* iso,
   out->contexts = iso->contexts;
   out->scripts = iso->scripts;
   out->callbacks = iso->callbacks;
+  out->functions = iso->functions;
+}
+
+extern "C" void cdn_cache_result_free(cdn_cache_result_t* r) {
+  free(r->cache);
+  r->cache = nullptr;
+  r->cache_len = 0;
 }
 
 extern "C" void cdn_value_free(cdn_value_t* v) {
   if (v == nullptr) return;
+  if (v->refs_out) {
+    for (size_t i = 0; i < v->nrefs; i++) {
+      if (v->refs[i] != nullptr)
+        cdn_engine_function_release(
+            static_cast<cdn_engine_function_t*>(v->refs[i]));
+    }
+  }
+  free(v->refs);
   if (!v->borrowed) free(v->u.bytes);
   free(v->name);
   free(v->message);

@@ -4,6 +4,16 @@
 // serialisation format. ArrayBufferViews are written as host objects in the
 // layout Node's v8.Serializer uses (type index, byte length, raw bytes), so
 // the host side reads and writes them with v8.serialize()/v8.deserialize().
+//
+// Functions travel as references: host objects of type kFunctionRef (13)
+// holding an index into the value's refs. Out of the sandbox, V8's
+// serialiser refuses functions, so a value that holds some is first copied
+// by a Shadower: plain objects and arrays are rebuilt with each function
+// replaced by a placeholder API object, which the serialiser hands to
+// WriteHostObject. (Getters of such a value may so run twice.) Into the
+// sandbox, lib/ writes the references itself, with the host function's name
+// and length.
+#include <unordered_map>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -38,8 +48,12 @@ enum ViewType : uint32_t {
   kBuffer,
   kBigInt64,
   kBigUint64,
-  kViewTypeCount
+  kViewTypeCount,
+  kFunctionRef = 13
 };
+
+// Deeper values are refused rather than risk the native stack.
+constexpr int kMaxShadowDepth = 2000;
 
 char* DupString(const char* s, size_t n) {
   char* out = static_cast<char*>(malloc(n + 1));
@@ -76,6 +90,14 @@ class Serializer final : public v8::ValueSerializer::Delegate {
   }
 
   Maybe<bool> WriteHostObject(Isolate* isolate, Local<Object> object) override {
+    if (object->InternalFieldCount() == 1) {
+      // A function placeholder made by a Shadower: sandbox code cannot make
+      // API objects, so nothing else has an internal field.
+      uint32_t index = object->GetInternalField(0).As<v8::Uint32>()->Value();
+      ser_.WriteUint32(kFunctionRef);
+      ser_.WriteUint32(index);
+      return v8::Just(true);
+    }
     if (!object->IsArrayBufferView()) {
       ThrowDataCloneError(String::NewFromUtf8Literal(
           isolate, "a host object could not be cloned"));
@@ -140,18 +162,55 @@ class Serializer final : public v8::ValueSerializer::Delegate {
 
 class Deserializer final : public v8::ValueDeserializer::Delegate {
  public:
-  Deserializer(Isolate* isolate, const uint8_t* data, size_t size)
-      : des_(isolate, data, size, this) {}
+  Deserializer(Isolate* isolate, Local<Context> context, const uint8_t* data,
+               size_t size, cdn_value_t* in,
+               const std::shared_ptr<ContextLink>* link)
+      : des_(isolate, data, size, this),
+        context_(context),
+        in_(in),
+        link_(link),
+        made_(in != nullptr ? in->nrefs : 0) {}
 
   v8::ValueDeserializer* des() {
     return &des_;
   }
 
+  // The function for host callback `index`: made once, so that one host
+  // function is one sandbox function within a value.
+  MaybeLocal<Object> ReadFunctionRef(Isolate* isolate) {
+    uint32_t index, length, name_len;
+    const void* name = nullptr;
+    if (!des_.ReadUint32(&index) || !des_.ReadUint32(&length) ||
+        !des_.ReadUint32(&name_len) ||
+        (name_len > 0 && !des_.ReadRawBytes(name_len, &name)) ||
+        in_ == nullptr || index >= in_->nrefs || link_ == nullptr) {
+      return Malformed(isolate);
+    }
+    if (!made_[index].IsEmpty()) return made_[index];
+    void* cb = in_->refs[index];
+    if (cb == nullptr) return Malformed(isolate);
+    in_->refs[index] = nullptr;  // the callback record owns it now
+    Local<v8::Function> fn;
+    std::string n(static_cast<const char*>(name), name_len);
+    if (!NewCallbackFunction(context_, cb, *link_, n, static_cast<int>(length))
+             .ToLocal(&fn))
+      return MaybeLocal<Object>();
+    made_[index] = fn;
+    return fn;
+  }
+
+  MaybeLocal<Object> Malformed(Isolate* isolate) {
+    isolate->ThrowException(v8::Exception::TypeError(
+        String::NewFromUtf8Literal(isolate, "malformed serialised value")));
+    return MaybeLocal<Object>();
+  }
+
   MaybeLocal<Object> ReadHostObject(Isolate* isolate) override {
     uint32_t type, length;
     const void* bytes = nullptr;
-    if (!des_.ReadUint32(&type) || !des_.ReadUint32(&length) ||
-        type >= kViewTypeCount ||
+    if (!des_.ReadUint32(&type)) return Malformed(isolate);
+    if (type == kFunctionRef) return ReadFunctionRef(isolate);
+    if (!des_.ReadUint32(&length) || type >= kViewTypeCount ||
         (length > 0 && !des_.ReadRawBytes(length, &bytes))) {
       isolate->ThrowException(v8::Exception::TypeError(
           String::NewFromUtf8Literal(isolate, "malformed typed array data")));
@@ -199,6 +258,110 @@ class Deserializer final : public v8::ValueDeserializer::Delegate {
 
  private:
   v8::ValueDeserializer des_;
+  Local<Context> context_;
+  cdn_value_t* in_;
+  const std::shared_ptr<ContextLink>* link_;
+  std::vector<Local<Object>> made_;
+};
+
+// A copy of a value in which functions are placeholders (see the top).
+class Shadower {
+ public:
+  Shadower(Isolate* isolate, Local<Context> context)
+      : isolate_(isolate),
+        context_(context),
+        seen_(v8::Map::New(isolate)),
+        template_(v8::ObjectTemplate::New(isolate)) {
+    template_->SetInternalFieldCount(1);
+  }
+
+  std::vector<Local<v8::Function>>& functions() {
+    return functions_;
+  }
+
+  MaybeLocal<Value> Copy(Local<Value> value, int depth) {
+    if (!value->IsObject()) return value;
+    if (depth > kMaxShadowDepth) {
+      isolate_->ThrowException(
+          v8::Exception::RangeError(String::NewFromUtf8Literal(
+              isolate_, "the value is nested too deeply")));
+      return MaybeLocal<Value>();
+    }
+    Local<Value> known;
+    if (!seen_->Get(context_, value).ToLocal(&known))
+      return MaybeLocal<Value>();
+    if (!known->IsUndefined()) return known;
+    if (value->IsFunction()) return Placeholder(value.As<v8::Function>());
+    if (value->IsArray()) return CopyArray(value.As<v8::Array>(), depth);
+    if (IsPlain(value.As<Object>()))
+      return CopyObject(value.As<Object>(), depth);
+    return value;  // the serialiser's business
+  }
+
+ private:
+  // A plain object: made by an object literal or Object.create(null).
+  static bool IsPlain(Local<Object> obj) {
+    if (obj->IsProxy() || obj->IsPromise() || obj->IsArrayBufferView() ||
+        obj->IsArrayBuffer() || obj->IsDate() || obj->IsRegExp() ||
+        obj->IsMap() || obj->IsSet() || obj->IsNativeError() ||
+        obj->IsBooleanObject() || obj->IsNumberObject() ||
+        obj->IsStringObject() || obj->IsBigIntObject() ||
+        obj->IsSymbolObject() || obj->IsWeakMap() || obj->IsWeakSet())
+      return false;
+    Local<Value> proto = obj->GetPrototype();
+    return proto->IsNull() ||
+           (proto->IsObject() && proto.As<Object>()->GetPrototype()->IsNull());
+  }
+
+  MaybeLocal<Value> Placeholder(Local<v8::Function> fn) {
+    Local<Object> ph;
+    if (!template_->NewInstance(context_).ToLocal(&ph))
+      return MaybeLocal<Value>();
+    ph->SetInternalField(
+        0, v8::Integer::NewFromUnsigned(
+               isolate_, static_cast<uint32_t>(functions_.size())));
+    functions_.push_back(fn);
+    if (seen_->Set(context_, fn, ph).IsEmpty()) return MaybeLocal<Value>();
+    return ph;
+  }
+
+  MaybeLocal<Value> CopyArray(Local<v8::Array> array, int depth) {
+    uint32_t n = array->Length();
+    Local<v8::Array> copy = v8::Array::New(isolate_, static_cast<int>(n));
+    if (seen_->Set(context_, array, copy).IsEmpty()) return MaybeLocal<Value>();
+    for (uint32_t i = 0; i < n; i++) {
+      Local<Value> v, c;
+      if (!array->Get(context_, i).ToLocal(&v) ||
+          !Copy(v, depth + 1).ToLocal(&c) ||
+          copy->Set(context_, i, c).IsNothing())
+        return MaybeLocal<Value>();
+    }
+    return copy;
+  }
+
+  // Own enumerable string-keyed properties, as data properties.
+  MaybeLocal<Value> CopyObject(Local<Object> obj, int depth) {
+    Local<Object> copy = Object::New(isolate_);
+    Local<v8::Array> keys;
+    if (seen_->Set(context_, obj, copy).IsEmpty() ||
+        !obj->GetOwnPropertyNames(context_).ToLocal(&keys))
+      return MaybeLocal<Value>();
+    for (uint32_t i = 0; i < keys->Length(); i++) {
+      Local<Value> key, v, c;
+      if (!keys->Get(context_, i).ToLocal(&key) ||
+          !obj->Get(context_, key).ToLocal(&v) ||
+          !Copy(v, depth + 1).ToLocal(&c) ||
+          copy->CreateDataProperty(context_, key.As<v8::Name>(), c).IsNothing())
+        return MaybeLocal<Value>();
+    }
+    return copy;
+  }
+
+  Isolate* isolate_;
+  Local<Context> context_;
+  Local<v8::Map> seen_;
+  Local<v8::ObjectTemplate> template_;
+  std::vector<Local<v8::Function>> functions_;
 };
 
 // A short description of a value's type for error messages.
@@ -214,6 +377,83 @@ const char* TypeName(Local<Value> v) {
 
 }  // namespace
 
+// Records for the functions a value carries out, in its refs.
+static void TakeFunctions(Isolate* isolate, Local<Context> context,
+                          const std::vector<Local<v8::Function>>& functions,
+                          const std::shared_ptr<ContextLink>& link,
+                          cdn_value_t* out) {
+  cdn_engine_isolate_t* iso = link->rec->iso();
+  out->refs = static_cast<void**>(calloc(functions.size(), sizeof(void*)));
+  if (out->refs == nullptr) abort();
+  out->nrefs = functions.size();
+  out->refs_out = 1;
+  for (size_t i = 0; i < functions.size(); i++) {
+    auto* rec = new FunctionRecord(iso, link);
+    Local<v8::Function> fn = functions[i];
+    rec->fn.Reset(isolate, fn);
+    String::Utf8Value name(isolate, fn->GetName());
+    if (*name != nullptr) rec->name.assign(*name, name.length());
+    // A sandbox-defined length is clamped: it only describes the proxy.
+    Local<Value> length;
+    TryCatch ignore(isolate);
+    if (fn->Get(context, String::NewFromUtf8Literal(isolate, "length"))
+            .ToLocal(&length) &&
+        length->IsNumber()) {
+      double l = length.As<v8::Number>()->Value();
+      rec->length = l >= 0 && l <= 65535 ? static_cast<int>(l) : 0;
+    }
+    out->refs[i] = rec;
+  }
+}
+
+// Objects leave in V8's format; those holding functions through a shadow
+// copy whose placeholders become function references.
+static int SerializeObject(Isolate* isolate, Local<Context> context,
+                           Local<Value> value,
+                           const std::shared_ptr<ContextLink>& link,
+                           cdn_value_t* out) {
+  TryCatch try_catch(isolate);
+  auto s = std::make_unique<Serializer>(isolate);
+  s->ser()->WriteHeader();
+  bool ok = s->ser()->WriteValue(context, value).FromMaybe(false);
+  std::vector<Local<v8::Function>> functions;
+  if (!ok && !try_catch.HasTerminated() && link && link->rec != nullptr) {
+    try_catch.Reset();
+    Shadower shadow(isolate, context);
+    Local<Value> copy;
+    if (shadow.Copy(value, 0).ToLocal(&copy) && !shadow.functions().empty()) {
+      s = std::make_unique<Serializer>(isolate);
+      s->ser()->WriteHeader();
+      ok = s->ser()->WriteValue(context, copy).FromMaybe(false);
+      functions = std::move(shadow.functions());
+    }
+  }
+  if (!ok) {
+    if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())
+      return CDN_ETERMINATED;
+    std::string reason = "A value of type ";
+    reason += TypeName(value);
+    reason += " cannot be copied out of the sandbox";
+    if (!s->reason().empty()) reason += ": " + s->reason();
+    SetError(out, "TypeError", reason.c_str());
+    return CDN_ECLONE;
+  }
+  std::pair<uint8_t*, size_t> buf = s->ser()->Release();
+  out->kind = CDN_VAL_BYTES;
+  out->u.bytes = buf.first;
+  out->len = buf.second;
+  if (!functions.empty()) TakeFunctions(isolate, context, functions, link, out);
+  return CDN_OK;
+}
+
+void ReleaseRefs(cdn_engine_isolate_t* iso, cdn_value_t* v) {
+  for (size_t i = 0; i < v->nrefs; i++) {
+    if (v->refs[i] == nullptr) continue;
+    iso->hooks.release(iso->hooks.data, v->refs[i]);
+    v->refs[i] = nullptr;
+  }
+}
+
 void SetError(cdn_value_t* out, const char* name, const char* message) {
   cdn_value_free(out);
   out->kind = CDN_VAL_ERROR;
@@ -222,7 +462,7 @@ void SetError(cdn_value_t* out, const char* name, const char* message) {
 }
 
 int ToHost(Isolate* isolate, Local<Context> context, Local<Value> value,
-           cdn_value_t* out) {
+           const std::shared_ptr<ContextLink>& link, cdn_value_t* out) {
   *out = cdn_value_t{};
   if (value->IsUndefined()) {
     out->kind = CDN_VAL_UNDEFINED;
@@ -244,35 +484,34 @@ int ToHost(Isolate* isolate, Local<Context> context, Local<Value> value,
       s->WriteOneByte(isolate, out->u.str8, 0, n, String::NO_NULL_TERMINATION);
     } else {
       out->kind = CDN_VAL_UTF16;
-      out->u.str16 = static_cast<uint16_t*>(malloc(n * sizeof(uint16_t)));
+      out->u.str16 =
+          static_cast<uint16_t*>(malloc((n > 0 ? n : 1) * sizeof(uint16_t)));
       if (out->u.str16 == nullptr) abort();
       s->Write(isolate, out->u.str16, 0, n, String::NO_NULL_TERMINATION);
     }
     out->len = static_cast<size_t>(n);
   } else {
-    TryCatch try_catch(isolate);
-    Serializer s(isolate);
-    s.ser()->WriteHeader();
-    if (s.ser()->WriteValue(context, value).IsNothing()) {
-      if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())
-        return CDN_ETERMINATED;
-      std::string reason = "A value of type ";
-      reason += TypeName(value);
-      reason += " cannot be copied out of the sandbox";
-      if (!s.reason().empty()) reason += ": " + s.reason();
-      SetError(out, "TypeError", reason.c_str());
-      return CDN_ECLONE;
-    }
-    std::pair<uint8_t*, size_t> buf = s.ser()->Release();
-    out->kind = CDN_VAL_BYTES;
-    out->u.bytes = buf.first;
-    out->len = buf.second;
+    return SerializeObject(isolate, context, value, link, out);
   }
   return CDN_OK;
 }
 
-bool FromHost(Isolate* isolate, Local<Context> context, const cdn_value_t* in,
-              Local<Value>* out) {
+static bool FromHostValue(Isolate* isolate, Local<Context> context,
+                          cdn_value_t* in,
+                          const std::shared_ptr<ContextLink>& link,
+                          Local<Value>* out);
+
+bool FromHost(Isolate* isolate, Local<Context> context, cdn_value_t* in,
+              const std::shared_ptr<ContextLink>& link, Local<Value>* out) {
+  bool ok = FromHostValue(isolate, context, in, link, out);
+  if (in->nrefs > 0) ReleaseRefs(link->rec->iso(), in);
+  return ok;
+}
+
+static bool FromHostValue(Isolate* isolate, Local<Context> context,
+                          cdn_value_t* in,
+                          const std::shared_ptr<ContextLink>& link,
+                          Local<Value>* out) {
   switch (in->kind) {
     case CDN_VAL_UNDEFINED:
       *out = v8::Undefined(isolate);
@@ -307,7 +546,7 @@ bool FromHost(Isolate* isolate, Local<Context> context, const cdn_value_t* in,
       return true;
     }
     case CDN_VAL_BYTES: {
-      Deserializer d(isolate, in->u.bytes, in->len);
+      Deserializer d(isolate, context, in->u.bytes, in->len, in, &link);
       bool ok;
       if (!d.des()->ReadHeader(context).To(&ok) || !ok) {
         if (!isolate->IsExecutionTerminating())
@@ -359,14 +598,16 @@ void ThrowInSandbox(Isolate* isolate, const cdn_value_t* error) {
 }
 
 int ExceptionToHost(Isolate* isolate, Local<Context> context,
-                    TryCatch* try_catch, bool compiling, cdn_value_t* out) {
+                    TryCatch* try_catch, bool compiling,
+                    const std::shared_ptr<ContextLink>& link,
+                    cdn_value_t* out) {
   *out = cdn_value_t{};
   if (try_catch->HasTerminated() || isolate->IsExecutionTerminating())
     return CDN_ETERMINATED;
   Local<Value> exc = try_catch->Exception();
   if (!exc->IsNativeError()) {
     // A thrown value that is not an Error crosses as a value.
-    int err = ToHost(isolate, context, exc, out);
+    int err = ToHost(isolate, context, exc, link, out);
     if (err == CDN_ECLONE) {
       SetError(out, "Error",
                "Uncaught value that cannot be copied out of the sandbox");

@@ -1,0 +1,138 @@
+'use strict';
+
+// Values across the boundary, host side.
+//
+// encode(value, context) gives the native layer a primitive (undefined,
+// null, boolean, number, string) as it is, or an object as [bytes, fns]:
+// V8 serialisation bytes, and the host functions found in it, written as
+// host objects of type FUNCTION_REF (index, length, name) and wrapped so
+// that the sandbox's calls come back through invokeHost().
+//
+// decode(result, context) reads what the native layer returns: a
+// primitive, a Buffer of bytes, or [bytes, handles, names, lengths] when
+// the value carries sandbox functions, each of which becomes a host proxy.
+
+const v8 = require('node:v8');
+
+const FUNCTION_REF = 13;
+const EMPTY = Object.freeze([]);
+// Node's ArrayBufferView type indices (lib/v8.js); 10 is Buffer.
+const VIEW_TYPES = [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array,
+  Int32Array, Uint32Array, Float32Array, Float64Array, DataView, Uint8Array,
+  BigInt64Array, BigUint64Array];
+const MAX_DEPTH = 2000;
+
+// Stands for a host function inside a value being serialised: an
+// ArrayBufferView, so that the serialiser hands it to _writeHostObject.
+class FunctionRef extends Uint8Array {
+  constructor(index, fn) {
+    super(0);
+    this.index = index;
+    this.fnLength = Number.isInteger(fn.length) && fn.length >= 0 ? Math.min(fn.length, 65535) : 0;
+    this.fnName = typeof fn.name === 'string' ? fn.name : '';
+  }
+}
+
+class RefSerializer extends v8.DefaultSerializer {
+  _writeHostObject(object) {
+    if (object instanceof FunctionRef) {
+      const name = Buffer.from(object.fnName, 'utf8');
+      this.writeUint32(FUNCTION_REF);
+      this.writeUint32(object.index);
+      this.writeUint32(object.fnLength);
+      this.writeUint32(name.length);
+      this.writeRawBytes(name);
+      return;
+    }
+    super._writeHostObject(object);
+  }
+}
+
+class RefDeserializer extends v8.Deserializer {
+  constructor(bytes, proxies) {
+    super(bytes);
+    this.proxies = proxies;
+  }
+
+  _readHostObject() {
+    const type = this.readUint32();
+    if (type === FUNCTION_REF) return this.proxies[this.readUint32()];
+    const Ctor = VIEW_TYPES[type];
+    const byteLength = this.readUint32();
+    const raw = this.readRawBytes(byteLength);
+    if (Ctor === undefined) throw new TypeError('malformed value from the sandbox');
+    const copy = new ArrayBuffer(byteLength);
+    new Uint8Array(copy).set(raw);
+    return new Ctor(copy, 0, Ctor === DataView ? byteLength : byteLength / Ctor.BYTES_PER_ELEMENT);
+  }
+}
+
+function isPlainObject(value) {
+  const proto = Object.getPrototypeOf(value);
+  return proto === null || Object.getPrototypeOf(proto) === null;
+}
+
+// A copy of `value` with every host function replaced by a FunctionRef.
+// Plain objects and arrays are walked; other objects are the serialiser's.
+function shadow(value, fns, wrap, seen, depth) {
+  if (typeof value === 'function') {
+    let ref = seen.get(value);
+    if (ref === undefined) {
+      ref = new FunctionRef(fns.length, value);
+      fns.push(wrap(value));
+      seen.set(value, ref);
+    }
+    return ref;
+  }
+  if (value === null || typeof value !== 'object') return value;
+  if (seen.has(value)) return seen.get(value);
+  if (depth > MAX_DEPTH) throw new RangeError('the value is nested too deeply');
+  if (Array.isArray(value)) {
+    const copy = new Array(value.length);
+    seen.set(value, copy);
+    for (let i = 0; i < value.length; i++) copy[i] = shadow(value[i], fns, wrap, seen, depth + 1);
+    return copy;
+  }
+  if (!isPlainObject(value) || ArrayBuffer.isView(value)) return value;
+  const copy = {};
+  seen.set(value, copy);
+  for (const key of Object.keys(value)) copy[key] = shadow(value[key], fns, wrap, seen, depth + 1);
+  return copy;
+}
+
+// `wrap(fn)` makes the host callback the sandbox will call for `fn`.
+function encode(value, wrap) {
+  switch (typeof value) {
+    case 'undefined': case 'boolean': case 'number': case 'string':
+      return value;
+    case 'object':
+      if (value === null) return value;
+      try {
+        return [v8.serialize(value), EMPTY];
+      } catch {
+        // functions (or something the serialiser refuses anyway): walk it
+      }
+      break;
+    default:
+      break;
+  }
+  const fns = [];
+  const copy = shadow(value, fns, wrap, new Map(), 0);
+  const ser = new RefSerializer();
+  ser.writeHeader();
+  ser.writeValue(copy);
+  return [ser.releaseBuffer(), fns];
+}
+
+// `proxy(handle, name, length)` makes the host function for a sandbox one.
+function decode(result, proxy) {
+  if (typeof result !== 'object' || result === null) return result;
+  if (!Array.isArray(result)) return v8.deserialize(result);
+  const [bytes, handles, names, lengths] = result;
+  const proxies = handles.map((h, i) => proxy(h, names[i], lengths[i]));
+  const des = new RefDeserializer(bytes, proxies);
+  des.readHeader();
+  return des.readValue();
+}
+
+module.exports = { encode, decode };

@@ -1,0 +1,247 @@
+/* function.c: host handles of sandbox functions (what host proxies call),
+ * compileFunction, and calls. Host thread only. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cordon.h"
+
+/* Arguments up to this many are converted without a heap allocation. */
+#define FN_STACK_ARGS 8
+
+typedef struct {
+  iso_t* iso;
+  cdn_engine_function_t* engine;
+} fn_t;
+
+static void fn__finalize(napi_env env, void* data, void* hint) {
+  fn_t* fn = data;
+  (void)env;
+  (void)hint;
+  if (fn->iso->engine != NULL) cdn_engine_function_release(fn->engine);
+  fn->iso->env->n_functions--;
+  iso_unref(fn->iso);
+  free(fn);
+}
+
+/* A handle for lib/ that owns the function record. */
+static napi_status fn__handle(napi_env env, iso_t* iso,
+                              cdn_engine_function_t* engine, napi_value* out) {
+  fn_t* fn = malloc(sizeof(*fn));
+  napi_status st;
+  if (fn == NULL) {
+    cdn_engine_function_release(engine);
+    return napi_generic_failure;
+  }
+  fn->iso = iso;
+  fn->engine = engine;
+  iso->refs++;
+  iso->env->n_functions++;
+  st = napi_create_external(env, fn, fn__finalize, NULL, out);
+  if (st != napi_ok) fn__finalize(env, fn, NULL);
+  return st;
+}
+
+napi_status fn_value_to_napi(napi_env env, iso_t* iso, cdn_value_t* v,
+                             napi_value* out) {
+  napi_value bytes, handles, names, lengths, h, s, n;
+  size_t i;
+  if (v->kind != CDN_VAL_BYTES || v->nrefs == 0)
+    return val_to_napi(env, v, out);
+  CDN_CHECK(napi_create_buffer_copy(env, v->len, v->u.bytes, NULL, &bytes));
+  CDN_CHECK(napi_create_array_with_length(env, v->nrefs, &handles));
+  CDN_CHECK(napi_create_array_with_length(env, v->nrefs, &names));
+  CDN_CHECK(napi_create_array_with_length(env, v->nrefs, &lengths));
+  for (i = 0; i < v->nrefs; i++) {
+    cdn_engine_function_t* engine = v->refs[i];
+    CDN_CHECK(napi_create_string_utf8(env, cdn_engine_function_name(engine),
+                                      NAPI_AUTO_LENGTH, &s));
+    CDN_CHECK(napi_create_int32(env, cdn_engine_function_length(engine), &n));
+    v->refs[i] = NULL; /* the handle owns it, even if making it fails */
+    CDN_CHECK(fn__handle(env, iso, engine, &h));
+    CDN_CHECK(napi_set_element(env, handles, (uint32_t)i, h));
+    CDN_CHECK(napi_set_element(env, names, (uint32_t)i, s));
+    CDN_CHECK(napi_set_element(env, lengths, (uint32_t)i, n));
+  }
+  CDN_CHECK(napi_create_array_with_length(env, 4, out));
+  CDN_CHECK(napi_set_element(env, *out, 0, bytes));
+  CDN_CHECK(napi_set_element(env, *out, 1, handles));
+  CDN_CHECK(napi_set_element(env, *out, 2, names));
+  return napi_set_element(env, *out, 3, lengths);
+}
+
+/* ---- calls ------------------------------------------------------------ */
+
+typedef struct {
+  fn_t* fn;
+  cdn_value_t* this_arg;
+  cdn_value_t* argv;
+  size_t argc;
+} fn_call_args_t;
+
+static int fn__call_body(void* arg, cdn_value_t* out) {
+  fn_call_args_t* a = arg;
+  return cdn_engine_call(a->fn->engine, a->this_arg, a->argv, a->argc, out);
+}
+
+/* call(handle, timeoutMs, thisArg, ...args): values encoded by lib/. */
+static napi_value fn__js_call(napi_env env, napi_callback_info info) {
+  napi_value stack_argv[3 + FN_STACK_ARGS];
+  napi_value* jsargv = stack_argv;
+  cdn_value_t stack_vals[FN_STACK_ARGS];
+  cdn_value_t* vals = stack_vals;
+  cdn_value_t this_arg, out;
+  size_t argc = 3 + FN_STACK_ARGS, n, i, made = 0;
+  fn_call_args_t a;
+  double timeout;
+  napi_status st = napi_ok;
+  napi_value result = NULL;
+  int err;
+  cdn_env_t* cenv;
+
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, jsargv, NULL, NULL));
+  if (argc > 3 + FN_STACK_ARGS) {
+    size_t want = argc;
+    jsargv = malloc(want * sizeof(napi_value));
+    vals = malloc((want - 3) * sizeof(cdn_value_t));
+    if (jsargv == NULL || vals == NULL) {
+      free(jsargv);
+      free(vals);
+      CDN_CALL(env, napi_generic_failure);
+    }
+    CDN_CALL(env, napi_get_cb_info(env, info, &argc, jsargv, NULL, NULL));
+  }
+  n = argc - 3;
+  CDN_CALL(env, napi_get_value_external(env, jsargv[0], (void**)&a.fn));
+  cenv = a.fn->iso->env;
+  if (!iso_alive(a.fn->iso)) {
+    cdn_throw(env, cenv, CDN_KDISPOSED, NULL);
+    goto done;
+  }
+  st = napi_get_value_double(env, jsargv[1], &timeout);
+  if (st == napi_ok) st = val_from_napi(env, cenv, jsargv[2], &this_arg);
+  if (st != napi_ok) goto done;
+  for (i = 0; i < n && st == napi_ok; i++) {
+    st = val_from_napi(env, cenv, jsargv[3 + i], &vals[i]);
+    if (st == napi_ok) made++;
+  }
+  if (st != napi_ok) {
+    val_release(&this_arg);
+    goto done;
+  }
+  a.this_arg = &this_arg;
+  a.argv = vals;
+  a.argc = n;
+  err = iso_call(a.fn->iso, timeout, fn__call_body, &a, &out);
+  val_release(&this_arg);
+  if (err != CDN_OK) {
+    cdn_throw(env, cenv, err, &out);
+  } else {
+    st = fn_value_to_napi(env, a.fn->iso, &out, &result);
+    cdn_value_free(&out);
+  }
+done:
+  for (i = 0; i < made; i++) val_release(&vals[i]);
+  if (jsargv != stack_argv) free(jsargv);
+  if (vals != stack_vals) free(vals);
+  if (st != napi_ok) cdn_throw_status(env, st, "call");
+  return result;
+}
+
+/* ---- compileFunction --------------------------------------------------- */
+
+typedef struct {
+  void* ctx; /* cdn_engine_context_t* */
+  cdn_source_t* src;
+  cdn_param_t* params;
+  size_t nparams;
+  cdn_value_t* extensions;
+  cdn_cache_result_t* cache;
+} fn_compile_args_t;
+
+static int fn__compile_body(void* arg, cdn_value_t* out) {
+  fn_compile_args_t* a = arg;
+  return cdn_engine_compile_function(a->ctx, a->src, a->params, a->nparams,
+                                     a->extensions, out, a->cache);
+}
+
+/* compileFunction(context, code, filename, lineOffset, columnOffset,
+ *                 params[], extensions, cachedData, produceCachedData)
+ *   -> [functionValue, cacheRejected, cacheBuffer] */
+static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9], result = NULL, v;
+  ctx_source_t source;
+  fn_compile_args_t a;
+  cdn_value_t out, extensions;
+  cdn_cache_result_t cache = {0};
+  uint32_t n = 0, i;
+  iso_t* iso;
+  bool produce;
+  int err;
+  napi_status st;
+
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  a.ctx = ctx_live(env, argv[0], &iso);
+  if (a.ctx == NULL) return NULL;
+  CDN_CALL(env, napi_get_array_length(env, argv[5], &n));
+  CDN_CALL(env, napi_get_value_bool(env, argv[8], &produce));
+  a.params = calloc(n > 0 ? n : 1, sizeof(cdn_param_t));
+  if (a.params == NULL) CDN_CALL(env, napi_generic_failure);
+  st = ctx_source(env, argv + 1, argv[7], &source);
+  for (i = 0; i < n && st == napi_ok; i++) {
+    uint16_t* s;
+    int heap;
+    st = napi_get_element(env, argv[5], i, &v);
+    if (st == napi_ok)
+      st = val_get_utf16(env, v, NULL, 0, &s, &a.params[i].len, &heap);
+    if (st == napi_ok) a.params[i].name = s;
+  }
+  if (st == napi_ok) st = val_from_napi(env, iso->env, argv[6], &extensions);
+  if (st == napi_ok) {
+    source.src.produce_cached_data = produce;
+    a.src = &source.src;
+    a.nparams = n;
+    a.extensions = &extensions;
+    a.cache = &cache;
+    err = iso_call(iso, 0, fn__compile_body, &a, &out);
+    val_release(&extensions);
+    if (err != CDN_OK) {
+      cdn_throw(env, iso->env, err, &out);
+    } else {
+      napi_value fn, rejected, buf;
+      st = fn_value_to_napi(env, iso, &out, &fn);
+      cdn_value_free(&out);
+      if (st == napi_ok)
+        st = napi_create_int32(env, cache.cache_rejected, &rejected);
+      if (st == napi_ok && cache.cache != NULL)
+        st = napi_create_buffer_copy(env, cache.cache_len, cache.cache, NULL,
+                                     &buf);
+      else if (st == napi_ok)
+        st = napi_get_undefined(env, &buf);
+      if (st == napi_ok) st = napi_create_array_with_length(env, 3, &result);
+      if (st == napi_ok) st = napi_set_element(env, result, 0, fn);
+      if (st == napi_ok) st = napi_set_element(env, result, 1, rejected);
+      if (st == napi_ok) st = napi_set_element(env, result, 2, buf);
+    }
+  }
+  cdn_cache_result_free(&cache);
+  ctx_source_free(&source);
+  for (i = 0; i < n; i++) free((void*)a.params[i].name);
+  free(a.params);
+  if (st != napi_ok) {
+    cdn_throw_status(env, st, "compileFunction");
+    return NULL;
+  }
+  return result;
+}
+
+napi_value fn_init_exports(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"call", NULL, fn__js_call, NULL, NULL, NULL, napi_default, NULL},
+      {"compileFunction", NULL, fn__js_compile, NULL, NULL, NULL, napi_default,
+       NULL},
+  };
+  CDN_CALL(env, napi_define_properties(
+                    env, exports, sizeof(props) / sizeof(props[0]), props));
+  return exports;
+}
