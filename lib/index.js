@@ -153,18 +153,45 @@ function callTarget(target, thisArg, args, timeout) {
   const { context } = target;
   if (context === null) throw new DisposedError('context');
   if (context.isDisposed) throw new DisposedError(context.isolate.isDisposed ? 'isolate' : 'context');
-  const encoded = new Array(args.length + 3);
-  encoded[0] = target.handle;
-  encoded[1] = timeout;
-  encoded[2] = encodeArg(context, thisArg, 'thisArg');
-  for (let i = 0; i < args.length; i++) encoded[i + 3] = encodeArg(context, args[i], `args[${i}]`);
-  return bounded(context, timeout, () => binding.call(...encoded));
+      const { handle } = target;
+  const n = args.length;
+  const recv = encodeArg(context, thisArg, -1);
+  // The hot path of every call: no closure, no spread for a few arguments.
+  const prevTimeout = activeTimeout;
+  const prevContext = activeContext;
+  activeTimeout = timeout;
+  activeContext = context;
+  let result;
+  try {
+    switch (n) {
+      case 0: result = binding.call(handle, timeout, recv); break;
+      case 1: result = binding.call(handle, timeout, recv, encodeArg(context, args[0], 0)); break;
+      case 2:
+        result = binding.call(handle, timeout, recv, encodeArg(context, args[0], 0), encodeArg(context, args[1], 1));
+        break;
+      default: {
+        const encoded = new Array(n);
+        for (let i = 0; i < n; i++) encoded[i] = encodeArg(context, args[i], i);
+        result = binding.call(handle, timeout, recv, ...encoded);
+      }
+    }
+  } finally {
+    activeTimeout = prevTimeout;
+    activeContext = prevContext;
+  }
+  return typeof result === 'object' && result !== null ? decodeIn(context, result) : result;
 }
 
-function encodeArg(context, value, name) {
+// An argument (index -1: thisArg) for the native layer.
+function encodeArg(context, value, index) {
+  const type = typeof value;
+  if (type === 'number' || type === 'string' || type === 'boolean' || value === undefined || value === null) {
+    return value;
+  }
   try {
     return encodeIn(context, value);
   } catch (error) {
+    const name = typeof index === 'string' ? index : index < 0 ? 'thisArg' : `args[${index}]`;
     throw withCode(new TypeError(`The "${name}" argument cannot be copied into the sandbox: ${error.message}`),
       'ERR_CANNOT_CLONE');
   }
@@ -177,12 +204,14 @@ function bounded(context, timeout, fn) {
   const prevContext = activeContext;
   activeTimeout = timeout;
   activeContext = context;
+    let result;
   try {
-    return decodeIn(context, fn());
+    result = fn();
   } finally {
     activeTimeout = prevTimeout;
     activeContext = prevContext;
   }
+  return typeof result === 'object' && result !== null ? decodeIn(context, result) : result;
 }
 
 // Native calls that return handles rather than values.

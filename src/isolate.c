@@ -48,20 +48,21 @@ static int iso__disarm(iso_t* iso, wd_entry_t* e) {
 int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
              cdn_value_t* out) {
   cdn_engine_isolate_t* eng = iso->engine;
+  cdn_lock_t lock;
   wd_entry_t entry;
   int armed = 0;
   int err;
   CDN_ASSERT(eng != NULL);
   memset(out, 0, sizeof(*out));
   if (iso->depth >= CDN_MAX_DEPTH) return CDN_KDEPTH;
-  cdn_engine_lock(eng);
+  cdn_engine_lock(eng, &lock);
   iso->depth++;
   if (timeout_ms > 0) {
     uint64_t ns = (uint64_t)(timeout_ms * 1e6);
     entry.outer = iso->top;
     if (wd_arm(&iso->env->wd, &entry, eng, ns) != 0) {
       iso->depth--;
-      cdn_engine_unlock(eng);
+      cdn_engine_unlock(eng, &lock);
       return CDN_EINTERNAL;
     }
     armed = 1;
@@ -79,7 +80,7 @@ int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
   } else if (iso->depth == 0 && cdn_engine_has_work(eng)) {
     iso__run_tasks_locked(iso);
   }
-  cdn_engine_unlock(eng);
+  cdn_engine_unlock(eng, &lock);
   if (iso->depth == 0 && iso->dispose_pending) iso_dispose(iso);
   return err;
 }
@@ -108,9 +109,10 @@ static void iso__run_tasks_locked(iso_t* iso) {
 static void iso__pump(struct iso_wake_s* wake) {
   iso_t* iso = wake->iso;
   if (iso == NULL || iso->engine == NULL || iso->depth > 0) return;
-  cdn_engine_lock(iso->engine);
+  cdn_lock_t lock;
+  cdn_engine_lock(iso->engine, &lock);
   iso__run_tasks_locked(iso);
-  cdn_engine_unlock(iso->engine);
+  cdn_engine_unlock(iso->engine, &lock);
 }
 
 static void iso__async_cb(uv_async_t* async) {

@@ -19,6 +19,9 @@ using v8::Value;
 
 namespace cordon {
 
+// Arguments up to this many are converted without a heap allocation.
+constexpr size_t kStackArgs = 8;
+
 ContextRecord::~ContextRecord() {
   context.Reset();
   link->rec = nullptr;
@@ -411,8 +414,16 @@ extern "C" int cdn_engine_call(cdn_engine_function_t* fnp,
   cdn_engine_isolate_t* iso = rec->iso();
   Isolate* isolate = iso->isolate;
   *out = cdn_value_t{};
-  // FromHost takes the refs of each value, whatever happens.
-  std::vector<cdn_value_t> in(args, args + argc);
+  // FromHost takes the refs of each value, whatever happens. (Copies, on
+  // the stack for the usual few arguments.)
+  cdn_value_t in_stack[cordon::kStackArgs];
+  std::unique_ptr<cdn_value_t[]> in_heap;
+  cdn_value_t* in = in_stack;
+  if (argc > cordon::kStackArgs) {
+    in_heap.reset(new cdn_value_t[argc]);
+    in = in_heap.get();
+  }
+  for (size_t i = 0; i < argc; i++) in[i] = args[i];
   cdn_value_t this_in = *this_arg;
   auto release_from = [&](size_t first) {
     for (size_t i = first; i < argc; i++) cordon::ReleaseRefs(iso, &in[i]);
@@ -429,7 +440,13 @@ extern "C" int cdn_engine_call(cdn_engine_function_t* fnp,
   const std::shared_ptr<cordon::ContextLink>& link = rec->link;
 
   Local<Value> recv;
-  std::vector<Local<Value>> argv(argc);
+  Local<Value> argv_stack[cordon::kStackArgs];
+  std::vector<Local<Value>> argv_heap;
+  Local<Value>* argv = argv_stack;
+  if (argc > cordon::kStackArgs) {
+    argv_heap.resize(argc);
+    argv = argv_heap.data();
+  }
   bool ok = cordon::FromHost(isolate, context, &this_in, link, &recv);
   if (!ok) release_from(0);
   for (size_t i = 0; ok && i < argc; i++) {
@@ -443,7 +460,7 @@ extern "C" int cdn_engine_call(cdn_engine_function_t* fnp,
   }
   Local<Value> result;
   if (!rec->fn.Get(isolate)
-           ->Call(context, recv, static_cast<int>(argv.size()), argv.data())
+           ->Call(context, recv, static_cast<int>(argc), argv)
            .ToLocal(&result)) {
     return cordon::Status(
         iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, link,

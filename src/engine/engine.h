@@ -115,10 +115,18 @@ int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
  * dispose it. Nothing may hold its lock. Call on the host's thread. */
 void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso);
 
+/* Storage for one level of the isolate lock, on the caller's stack (the
+ * v8::Locker lives in it: no allocation per call). */
+typedef struct {
+  uint64_t opaque[4];
+  int owns;
+} cdn_lock_t;
+
 /* Take / release the isolate's lock and enter it. Recursive on one thread
- * (a host callback may run code in the same isolate again). */
-void cdn_engine_lock(cdn_engine_isolate_t* iso);
-void cdn_engine_unlock(cdn_engine_isolate_t* iso);
+ * (a host callback may run code in the same isolate again); each level
+ * passes its own cdn_lock_t. */
+void cdn_engine_lock(cdn_engine_isolate_t* iso, cdn_lock_t* lock);
+void cdn_engine_unlock(cdn_engine_isolate_t* iso, cdn_lock_t* lock);
 
 /* Thread-safe: stop the JS running in the isolate, if any. */
 void cdn_engine_terminate(cdn_engine_isolate_t* iso);

@@ -134,10 +134,6 @@ struct cdn_engine_isolate_s {
   std::shared_ptr<cordon::TaskQueue> tasks;
   std::unique_ptr<cordon::PlatformDelegate> delegate;
 
-  // Lock state. Only the thread that holds the lock touches these.
-  std::unique_ptr<v8::Locker> locker;
-  int lock_depth = 0;
-
   // Records not yet freed, for dispose.
   cordon::Record* records = nullptr;
   size_t contexts = 0;

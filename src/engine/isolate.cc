@@ -13,6 +13,7 @@
 // Node's own per-isolate runner would run them unlocked on a libuv loop,
 // which is only safe while no other thread ever holds the isolate.
 #include <algorithm>
+#include <new>
 #include <cstdlib>
 
 #include "internal.h"
@@ -77,7 +78,8 @@ void TaskQueue::PostRelease(Record* record) {
 
 bool TaskQueue::HasWork() const {
   if (pending_.load(std::memory_order_acquire) != 0) return true;
-  return next_due_ns_.load(std::memory_order_acquire) <= NowNs();
+  uint64_t due = next_due_ns_.load(std::memory_order_acquire);
+  return due != UINT64_MAX && due <= NowNs();
 }
 
 void TaskQueue::TakeDue(std::vector<std::unique_ptr<v8::Task>>* tasks,
@@ -220,20 +222,26 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
   delete iso;
 }
 
-extern "C" void cdn_engine_lock(cdn_engine_isolate_t* iso) {
-  if (!v8::Locker::IsLocked(iso->isolate)) {
-    // Built apart and then stored: another thread may still own the slot
-    // while this one waits for the lock.
-    auto locker = std::make_unique<v8::Locker>(iso->isolate);
-    iso->locker = std::move(locker);
-  }
-  iso->lock_depth++;
+static_assert(sizeof(v8::Locker) <= sizeof(cdn_lock_t::opaque),
+              "cdn_lock_t must hold a v8::Locker");
+static_assert(alignof(v8::Locker) <= alignof(uint64_t),
+              "cdn_lock_t must align a v8::Locker");
+
+extern "C" void cdn_engine_lock(cdn_engine_isolate_t* iso, cdn_lock_t* lock) {
+  // The outermost level on this thread takes the Locker; inner levels (a
+  // host callback running code in the same isolate) only enter again.
+  lock->owns = !v8::Locker::IsLocked(iso->isolate);
+  if (lock->owns) new (lock->opaque) v8::Locker(iso->isolate);
   iso->isolate->Enter();
 }
 
-extern "C" void cdn_engine_unlock(cdn_engine_isolate_t* iso) {
+extern "C" void cdn_engine_unlock(cdn_engine_isolate_t* iso, cdn_lock_t* lock) {
   iso->isolate->Exit();
-  if (--iso->lock_depth == 0) iso->locker.reset();
+  if (lock->owns) {
+    void* slot = lock->opaque;
+    std::launder(static_cast<v8::Locker*>(slot))->~Locker();
+  }
+  lock->owns = 0;
 }
 
 extern "C" void cdn_engine_terminate(cdn_engine_isolate_t* iso) {
@@ -289,6 +297,11 @@ extern "C" void cdn_cache_result_free(cdn_cache_result_t* r) {
 
 extern "C" void cdn_value_free(cdn_value_t* v) {
   if (v == nullptr) return;
+  if (v->u.bytes == nullptr && v->name == nullptr && v->refs == nullptr &&
+      v->message == nullptr && v->stack == nullptr) {
+    v->kind = CDN_VAL_UNDEFINED;  // nothing owned: the common primitive case
+    return;
+  }
   if (v->refs_out) {
     for (size_t i = 0; i < v->nrefs; i++) {
       if (v->refs[i] != nullptr)
