@@ -8,6 +8,7 @@
       "target_name": "cordon",
       "sources": [
         "src/addon.c",
+        "src/cache.c",
         "src/context.c",
         "src/function.c",
         "src/isolate.c",

@@ -46,7 +46,7 @@ let activeTimeout = 0;
 let activeContext = null;
 
 // Called by the native layer to build the error a failed call throws.
-function makeError(kind, name, message, stack, value) {
+function makeError(kind, name, message, stack, value, code) {
   switch (kind) {
     case EEXCEPTION: {
       if (name === undefined) {
@@ -60,9 +60,10 @@ function makeError(kind, name, message, stack, value) {
           value: name, writable: true, configurable: true, enumerable: false,
         });
       }
-      Object.defineProperty(error, 'stack', {
+            Object.defineProperty(error, 'stack', {
         value: stack || `${name}: ${message}`, writable: true, configurable: true, enumerable: false,
       });
+      if (code !== undefined) error.code = code;
       return error;
     }
     case ETERMINATED:
@@ -93,11 +94,12 @@ binding.setup(makeError);
 function errorTuple(error) {
   try {
     if (error !== null && (typeof error === 'object' || typeof error === 'function')) {
-      return [1, String(error.name ?? 'Error'), String(error.message ?? '')];
+      const { code } = error;
+      return [1, String(error.name ?? 'Error'), String(error.message ?? ''), typeof code === 'string' ? code : undefined];
     }
-    return [1, 'Error', String(error)];
+    return [1, 'Error', String(error), undefined];
   } catch {
-    return [1, 'Error', 'a host callback threw a value that could not be read'];
+        return [1, 'Error', 'a host callback threw a value that could not be read', undefined];
   }
 }
 
@@ -115,8 +117,9 @@ function invokeHost(fn, context, encodedArgs) {
     const encoded = encodeIn(context, result);
     return Array.isArray(encoded) ? [0, encoded] : encoded;
   } catch (error) {
-    return [1, 'TypeError',
-      `The result of host function ${fn.name || '<anonymous>'} cannot be copied into the sandbox: ${error.message}`];
+        return [1, 'TypeError',
+      `The result of host function ${fn.name || '<anonymous>'} cannot be copied into the sandbox: ${error.message}`,
+      'ERR_CANNOT_CLONE'];
   }
 }
 

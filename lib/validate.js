@@ -48,16 +48,23 @@ function validateBoolean(value, name) {
   if (typeof value !== 'boolean') throw invalidArgType(name, 'of type boolean', value);
 }
 
-// An identifier as a parameter name: what V8 would otherwise reject with a
-// SyntaxError pointing at generated code. Reserved words still reach V8.
+// An identifier as a parameter name. V8's CompileFunction takes parameter
+// names as they are, so a reserved word would make a function that cannot
+// be written in source: refuse it here.
 const IDENTIFIER = /^[\p{ID_Start}$_][\p{ID_Continue}$\u200C\u200D]*$/u;
+const RESERVED = new Set(('await break case catch class const continue debugger default delete do else enum ' +
+  'export extends false finally for function if implements import in instanceof interface let new null ' +
+  'package private protected public return static super switch this throw true try typeof var void while ' +
+  'with yield arguments eval').split(' '));
 
 function validateParams(params, name) {
   if (!Array.isArray(params)) throw invalidArgType(name, 'an array of strings', params);
   const copy = [...params];
   copy.forEach((param, i) => {
     if (typeof param !== 'string') throw invalidArgType(`${name}[${i}]`, 'of type string', param);
-    if (!IDENTIFIER.test(param)) throw invalidArgValue(`${name}[${i}]`, 'must be a valid identifier', param);
+        if (!IDENTIFIER.test(param) || RESERVED.has(param)) {
+      throw invalidArgValue(`${name}[${i}]`, 'must be an identifier that is not a reserved word', param);
+    }
   });
   return copy;
 }

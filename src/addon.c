@@ -58,9 +58,9 @@ static napi_value cdn__str(napi_env env, const char* s) {
 }
 
 /* Build the error through lib's makeError(kind, name, message, stack,
- * value) and throw it. Frees `v`. Always returns NULL. */
+ * value, code) and throw it. Frees `v`. Always returns NULL. */
 napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v) {
-  napi_value argv[5], fn, global, err;
+  napi_value argv[6], fn, global, err;
   napi_status st;
   cdn_value_t empty = {0};
   if (v == NULL) v = &empty;
@@ -69,6 +69,7 @@ napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v) {
   argv[1] = cdn__str(env, v->name);
   argv[2] = cdn__str(env, v->message);
   argv[3] = cdn__str(env, v->stack);
+  argv[5] = cdn__str(env, v->code);
   if (v->kind != CDN_VAL_ERROR && val_to_napi(env, v, &argv[4]) == napi_ok) {
     /* a thrown value that is not an Error */
   } else {
@@ -77,7 +78,7 @@ napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v) {
   cdn_value_free(v);
   st = napi_get_reference_value(env, cenv->make_error, &fn);
   if (st == napi_ok) st = napi_get_global(env, &global);
-  if (st == napi_ok) st = napi_call_function(env, global, fn, 5, argv, &err);
+  if (st == napi_ok) st = napi_call_function(env, global, fn, 6, argv, &err);
   if (st == napi_ok) st = napi_throw(env, err);
   if (st != napi_ok) cdn_throw_status(env, st, "makeError");
   return NULL;

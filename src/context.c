@@ -13,6 +13,7 @@ typedef struct {
 typedef struct {
   iso_t* iso;
   cdn_engine_script_t* engine;
+  uint64_t hash; /* of the source, for code caches */
 } ctx_script_t;
 
 napi_status ctx_source(napi_env env, napi_value* argv, napi_value cached,
@@ -205,6 +206,8 @@ typedef struct {
   ctx_source_t* source;
   cdn_engine_script_t* result;
   cdn_cache_result_t cache;
+  uint64_t hash;
+  int accepted; /* cache_accept() */
 } ctx_script_new_args_t;
 
 static int ctx__script_new_body(void* arg, cdn_value_t* out) {
@@ -222,6 +225,7 @@ static napi_value ctx__script_result(napi_env env, ctx_script_new_args_t* a) {
   }
   s->iso = a->iso;
   s->engine = a->result;
+  s->hash = a->hash;
   a->iso->refs++;
   a->iso->env->n_scripts++;
   if (napi_create_external(env, s, ctx__script_finalize, NULL, &ext) !=
@@ -229,13 +233,11 @@ static napi_value ctx__script_result(napi_env env, ctx_script_new_args_t* a) {
     ctx__script_finalize(env, s, NULL);
     CDN_CALL(env, napi_generic_failure);
   }
-  CDN_CALL(env, napi_create_int32(env, a->cache.cache_rejected, &rejected));
-  if (a->cache.cache != NULL) {
-    CDN_CALL(env, napi_create_buffer_copy(env, a->cache.cache_len,
-                                          a->cache.cache, NULL, &buf));
-  } else {
-    CDN_CALL(env, napi_get_undefined(env, &buf));
-  }
+  CDN_CALL(env,
+           napi_create_int32(env, a->accepted < 0 ? 1 : a->cache.cache_rejected,
+                             &rejected));
+  CDN_CALL(env, cache_to_napi(env, a->hash, a->cache.cache, a->cache.cache_len,
+                              &buf));
   CDN_CALL(env, napi_create_array_with_length(env, 3, &result));
   CDN_CALL(env, napi_set_element(env, result, 0, ext));
   CDN_CALL(env, napi_set_element(env, result, 1, rejected));
@@ -263,6 +265,8 @@ static napi_value ctx__js_script_new(napi_env env, napi_callback_info info) {
     CDN_CALL(env, napi_generic_failure);
   }
   source.src.produce_cached_data = produce;
+  a.hash = cache_hash(&source.src, NULL, 0);
+  a.accepted = cache_accept(&source.src, a.hash);
   a.source = &source;
   err = iso_call(a.iso, 0, ctx__script_new_body, &a, &out);
   ctx_source_free(&source);
@@ -326,7 +330,7 @@ static napi_value ctx__js_script_cache(napi_env env, napi_callback_info info) {
     return cdn_throw(env, a.script->iso->env, CDN_KDISPOSED, NULL);
   err = iso_call(a.script->iso, 0, ctx__script_cache_body, &a, &out);
   if (err != CDN_OK) return cdn_throw(env, a.script->iso->env, err, &out);
-  st = napi_create_buffer_copy(env, a.len, a.data, NULL, &buf);
+  st = cache_to_napi(env, a.script->hash, a.data, a.len, &buf);
   free(a.data);
   CDN_CALL(env, st);
   return buf;

@@ -156,6 +156,17 @@ napi_status val_from_napi(napi_env env, cdn_env_t* cenv, napi_value v,
 /* cdn_value_free, releasing first the callbacks the engine did not take. */
 void val_release(cdn_value_t* v);
 
+/* cache.c */
+/* A hash of what a code cache is for. */
+uint64_t cache_hash(const cdn_source_t* src, const cdn_param_t* params,
+                    size_t nparams);
+/* Check the header of src->cached_data: 1 and src points at V8's part;
+ * -1 (rejected) and the cache is dropped; 0 when there is no cache. */
+int cache_accept(cdn_source_t* src, uint64_t hash);
+/* A Buffer of header and V8 cache, or undefined when data is NULL. */
+napi_status cache_to_napi(napi_env env, uint64_t hash, const uint8_t* data,
+                          size_t len, napi_value* out);
+
 /* function.c */
 /* A value for lib/: a primitive, a Buffer, or, when it carries functions,
  * [bytes, handles, names, lengths] (the handles take the references). */

@@ -177,7 +177,8 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
   uint32_t n = 0, i;
   iso_t* iso;
   bool produce;
-  int err;
+  int err, accepted;
+  uint64_t hash;
   napi_status st;
 
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -199,6 +200,8 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
   if (st == napi_ok) st = val_from_napi(env, iso->env, argv[6], &extensions);
   if (st == napi_ok) {
     source.src.produce_cached_data = produce;
+    hash = cache_hash(&source.src, a.params, n);
+    accepted = cache_accept(&source.src, hash);
     a.src = &source.src;
     a.nparams = n;
     a.extensions = &extensions;
@@ -212,12 +215,10 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
       st = fn_value_to_napi(env, iso, &out, &fn);
       cdn_value_free(&out);
       if (st == napi_ok)
-        st = napi_create_int32(env, cache.cache_rejected, &rejected);
-      if (st == napi_ok && cache.cache != NULL)
-        st = napi_create_buffer_copy(env, cache.cache_len, cache.cache, NULL,
-                                     &buf);
-      else if (st == napi_ok)
-        st = napi_get_undefined(env, &buf);
+        st = napi_create_int32(env, accepted < 0 ? 1 : cache.cache_rejected,
+                               &rejected);
+      if (st == napi_ok)
+        st = cache_to_napi(env, hash, cache.cache, cache.cache_len, &buf);
       if (st == napi_ok) st = napi_create_array_with_length(env, 3, &result);
       if (st == napi_ok) st = napi_set_element(env, result, 0, fn);
       if (st == napi_ok) st = napi_set_element(env, result, 1, rejected);

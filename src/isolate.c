@@ -136,11 +136,11 @@ static void iso__wake(void* data) {
 }
 
 /* lib/'s answer from a host callback: a primitive, or [0, encoded] for a
- * result that is an object, or [1, name, message] for an exception. */
+ * result that is an object, or [1, name, message, code] for an exception. */
 static napi_status iso__answer(napi_env env, cdn_env_t* cenv, napi_value ret,
                                cdn_value_t* result) {
   napi_valuetype type;
-  napi_value tag, a, b;
+  napi_value tag, a, b, c;
   int32_t t;
   size_t n;
   CDN_CHECK(napi_typeof(env, ret, &type));
@@ -151,6 +151,13 @@ static napi_status iso__answer(napi_env env, cdn_env_t* cenv, napi_value ret,
   if (t == 0) return val_from_napi(env, cenv, a, result);
   CDN_CHECK(napi_get_element(env, ret, 2, &b));
   result->kind = CDN_VAL_ERROR;
+  CDN_CHECK(napi_get_element(env, ret, 3, &c));
+  CDN_CHECK(napi_typeof(env, c, &type));
+  if (type == napi_string) {
+    CDN_CHECK(napi_get_value_string_utf8(env, c, NULL, 0, &n));
+    if ((result->code = malloc(n + 1)) == NULL) return napi_generic_failure;
+    CDN_CHECK(napi_get_value_string_utf8(env, c, result->code, n + 1, &n));
+  }
   CDN_CHECK(napi_get_value_string_utf8(env, a, NULL, 0, &n));
   if ((result->name = malloc(n + 1)) == NULL) return napi_generic_failure;
   CDN_CHECK(napi_get_value_string_utf8(env, a, result->name, n + 1, &n));

@@ -231,6 +231,23 @@ describe('cordon.Script', () => {
     }
   });
 
+    it('should produce and accept code caches, as node:vm does', () => {
+    const source = 'globalThis.v = [1, 2, 3].map((x) => x * 2); v.length';
+    const a = new cordon.Script(source, { produceCachedData: true });
+    assert.equal(a.cachedDataProduced, true);
+    assert.ok(a.cachedData.length > 0);
+    const b = new cordon.Script(source, { cachedData: a.cachedData });
+    assert.equal(b.cachedDataRejected, false);
+    assert.equal(b.runInNewContext(), 3);
+    const later = b.createCachedData();
+    assert.ok(Buffer.isBuffer(later) && later.length > 0);
+    assert.equal(new cordon.Script(source, { cachedData: later }).cachedDataRejected, false);
+    const other = new cordon.Script(source.replace('* 2', '* 3'), { cachedData: a.cachedData });
+    assert.equal(other.cachedDataRejected, true);
+    assert.deepEqual(other.runInNewContext({}) && cordon.runInNewContext('1'), 1);
+    assert.throws(() => new cordon.Script('1', { cachedData: 'x' }), { code: 'ERR_INVALID_ARG_TYPE' });
+  });
+
   it('should bound every run by its timeout', () => {
     const script = new cordon.Script('for (;;) {}');
     const ctx = cordon.createContext();

@@ -68,6 +68,7 @@ typedef struct {
   char* name;
   char* message;
   char* stack;
+  char* code; /* an Error's string `code`, if any */
   /* Set when u points at memory the value does not own. */
   int borrowed;
   /* Functions inside a CDN_VAL_BYTES value travel as references: host

@@ -298,7 +298,7 @@ extern "C" void cdn_cache_result_free(cdn_cache_result_t* r) {
 extern "C" void cdn_value_free(cdn_value_t* v) {
   if (v == nullptr) return;
   if (v->u.bytes == nullptr && v->name == nullptr && v->refs == nullptr &&
-      v->message == nullptr && v->stack == nullptr) {
+      v->message == nullptr && v->stack == nullptr && v->code == nullptr) {
     v->kind = CDN_VAL_UNDEFINED;  // nothing owned: the common primitive case
     return;
   }
@@ -314,5 +314,6 @@ extern "C" void cdn_value_free(cdn_value_t* v) {
   free(v->name);
   free(v->message);
   free(v->stack);
+  free(v->code);
   *v = cdn_value_t{};
 }

@@ -579,21 +579,26 @@ void ThrowInSandbox(Isolate* isolate, const cdn_value_t* error) {
     exc = v8::Exception::SyntaxError(msg);
   else if (strcmp(name, "ReferenceError") == 0)
     exc = v8::Exception::ReferenceError(msg);
-  else {
+  else
     exc = v8::Exception::Error(msg);
-    if (strcmp(name, "Error") != 0) {
-      Local<String> n;
-      if (String::NewFromUtf8(isolate, name).ToLocal(&n)) {
-        // Fails only while terminating, when the error is moot anyway.
-        if (exc.As<Object>()
-                ->Set(isolate->GetCurrentContext(),
-                      String::NewFromUtf8Literal(isolate, "name"), n)
-                .IsNothing()) {
-          return;  // terminating
-        }
-      }
-    }
+  // Setting a property fails only while terminating, when the error is moot.
+  Local<Context> context = isolate->GetCurrentContext();
+  auto set = [&](Local<String> key, const char* value) {
+    Local<String> v;
+    return !String::NewFromUtf8(isolate, value).ToLocal(&v) ||
+           exc.As<Object>()->Set(context, key, v).IsJust();
+  };
+  if (!exc->IsNativeError() || strcmp(name, "Error") == 0 ||
+      exc.As<Object>()->GetConstructorName()->StringEquals(
+          String::NewFromUtf8(isolate, name)
+              .FromMaybe(String::Empty(isolate)))) {
+    // a standard error of that name already
+  } else if (!set(String::NewFromUtf8Literal(isolate, "name"), name)) {
+    return;
   }
+  if (error->code != nullptr &&
+      !set(String::NewFromUtf8Literal(isolate, "code"), error->code))
+    return;
   isolate->ThrowException(exc);
 }
 
@@ -619,7 +624,7 @@ int ExceptionToHost(Isolate* isolate, Local<Context> context,
   // is still armed around this.
   TryCatch inner(isolate);
   Local<Object> obj = exc.As<Object>();
-  Local<Value> name, message, stack;
+  Local<Value> name, message, stack, code;
   auto get = [&](const char* key, Local<Value>* v) {
     Local<String> k = String::NewFromUtf8(isolate, key).ToLocalChecked();
     if (!obj->Get(context, k).ToLocal(v)) *v = v8::Undefined(isolate);
@@ -627,6 +632,7 @@ int ExceptionToHost(Isolate* isolate, Local<Context> context,
   get("name", &name);
   get("message", &message);
   get("stack", &stack);
+  get("code", &code);
   if (inner.HasTerminated() || isolate->IsExecutionTerminating())
     return CDN_ETERMINATED;
   out->kind = CDN_VAL_ERROR;
@@ -651,6 +657,7 @@ int ExceptionToHost(Isolate* isolate, Local<Context> context,
     }
   }
   out->stack = DupString(st.data(), st.size());
+  if (code->IsString()) out->code = ToUtf8(isolate, code);
   return CDN_EEXCEPTION;
 }
 
