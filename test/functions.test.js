@@ -142,7 +142,7 @@ describe('functions across the boundary', () => {
     assert.equal(obj.inc(1), 2);
     assert.equal(obj.nested.list[0](21), 42);
     assert.equal(obj.n, 1);
-    assert.throws(() => new f(), TypeError); // eslint-disable-line new-cap
+    assert.throws(() => new f(), TypeError);
   });
 
   it('should keep state in the sandbox between calls of a closure', () => {
