@@ -24,6 +24,9 @@ const { TimeoutError, MemoryLimitError, DisposedError, withCode } = errors;
 const DEFAULT_FILENAME = 'evalmachine.<anonymous>';
 const DEFAULT_MEMORY_LIMIT_MB = 128;
 const MAX_DEPTH = 32; // src/cordon.h, CDN_MAX_DEPTH
+// Bound on the sandbox's reaction to a host promise settling, when its
+// context has no timeout of its own.
+const SETTLE_TIMEOUT = 1000;
 
 // Native statuses (src/engine/engine.h, src/cordon.h).
 const EEXCEPTION = -1;
@@ -87,7 +90,57 @@ function makeError(kind, name, message, stack, value, code) {
   }
 }
 
-binding.setup(makeError);
+// The host promise for a sandbox promise; the native layer settles it from
+// the host loop (state 1 fulfilled, 2 rejected, 3 the isolate went away).
+function makeDeferred() {
+  const context = activeContext;
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return {
+    promise,
+    settle(state, value, name, message, stack, code) {
+      if (state === 1) {
+        resolve(decodeIn(context, value));
+      } else if (state === 2) {
+        reject(name !== undefined ? makeError(EEXCEPTION, name, message, stack, undefined, code)
+          : decodeIn(context, value));
+      } else {
+        reject(new DisposedError());
+      }
+    },
+  };
+}
+
+// The sandbox awaits host promise `promise`: settle its side (the resolver
+// `handle`) when it settles, and run the sandbox's microtasks then, bounded
+// by the context's timeout or SETTLE_TIMEOUT.
+function adopt(promise, handle) {
+  const context = activeContext;
+  const settle = (rejected, value) => {
+    if (context === null || context.isDisposed) return;
+    const timeout = contextTimeout(context) || SETTLE_TIMEOUT;
+    let encoded;
+    try {
+      encoded = encodeIn(context, value);
+    } catch (error) {
+      rejected = true;
+      encoded = encodeIn(context, new TypeError(`The settled value cannot be copied into the sandbox: ${error.message}`));
+    }
+    try {
+      bounded(context, timeout, () => binding.settleSandbox(handle, rejected, encoded, timeout));
+    } catch {
+      // A timeout or a disposal while the sandbox reacted: nothing awaits it
+      // on the host side.
+    }
+  };
+  Promise.prototype.then.call(promise, (v) => settle(false, v), (e) => settle(true, e));
+}
+
+binding.setup(makeError, makeDeferred, adopt);
 
 // ---- values and functions across the boundary -------------------------------
 

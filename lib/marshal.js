@@ -13,8 +13,10 @@
 // the value carries sandbox functions, each of which becomes a host proxy.
 
 const v8 = require('node:v8');
+const { isPromise } = require('node:util').types;
 
 const FUNCTION_REF = 13;
+const PROMISE_REF = 14;
 const EMPTY = Object.freeze([]);
 // Node's ArrayBufferView type indices (lib/v8.js); 10 is Buffer.
 const VIEW_TYPES = [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array,
@@ -33,8 +35,21 @@ class FunctionRef extends Uint8Array {
   }
 }
 
+// Stands for a host promise the sandbox will await.
+class PromiseRef extends Uint8Array {
+  constructor(index) {
+    super(0);
+    this.index = index;
+  }
+}
+
 class RefSerializer extends v8.DefaultSerializer {
   _writeHostObject(object) {
+    if (object instanceof PromiseRef) {
+      this.writeUint32(PROMISE_REF);
+      this.writeUint32(object.index);
+      return;
+    }
     if (object instanceof FunctionRef) {
       const name = Buffer.from(object.fnName, 'utf8');
       this.writeUint32(FUNCTION_REF);
@@ -56,7 +71,7 @@ class RefDeserializer extends v8.Deserializer {
 
   _readHostObject() {
     const type = this.readUint32();
-    if (type === FUNCTION_REF) return this.proxies[this.readUint32()];
+        if (type === FUNCTION_REF || type === PROMISE_REF) return this.proxies[this.readUint32()];
     const Ctor = VIEW_TYPES[type];
     const byteLength = this.readUint32();
     const raw = this.readRawBytes(byteLength);
@@ -84,8 +99,14 @@ function shadow(value, fns, wrap, seen, depth) {
     }
     return ref;
   }
-  if (value === null || typeof value !== 'object') return value;
+    if (value === null || typeof value !== 'object') return value;
   if (seen.has(value)) return seen.get(value);
+  if (isPromise(value)) {
+    const ref = new PromiseRef(fns.length);
+    fns.push(value);
+    seen.set(value, ref);
+    return ref;
+  }
   if (depth > MAX_DEPTH) throw new RangeError('the value is nested too deeply');
   if (Array.isArray(value)) {
     const copy = new Array(value.length);
@@ -100,7 +121,8 @@ function shadow(value, fns, wrap, seen, depth) {
   return copy;
 }
 
-// `wrap(fn)` makes the host callback the sandbox will call for `fn`.
+// `wrap(fn)` makes the host callback the sandbox will call for `fn`; host
+// promises go in as they are.
 function encode(value, wrap) {
   switch (typeof value) {
     case 'undefined': case 'boolean': case 'number': case 'string':
@@ -124,12 +146,13 @@ function encode(value, wrap) {
   return [ser.releaseBuffer(), fns];
 }
 
-// `proxy(handle, name, length)` makes the host function for a sandbox one.
+// `proxy(handle, name, length)` makes the host function for a sandbox one;
+// a sandbox promise arrives as a host promise already (length -1).
 function decode(result, proxy) {
   if (typeof result !== 'object' || result === null) return result;
   if (!Array.isArray(result)) return v8.deserialize(result);
   const [bytes, handles, names, lengths] = result;
-  const proxies = handles.map((h, i) => proxy(h, names[i], lengths[i]));
+  const proxies = handles.map((h, i) => (lengths[i] < 0 ? h : proxy(h, names[i], lengths[i])));
   const des = new RefDeserializer(bytes, proxies);
   des.readHeader();
   return des.readValue();

@@ -96,18 +96,24 @@ static void cdn__env_finalize(napi_env env, void* data, void* hint) {
   cdn_env_t* cenv = data;
   (void)hint;
   if (cenv->make_error != NULL) napi_delete_reference(env, cenv->make_error);
-  cenv->make_error = NULL;
+  if (cenv->make_deferred != NULL)
+    napi_delete_reference(env, cenv->make_deferred);
+  if (cenv->adopt != NULL) napi_delete_reference(env, cenv->adopt);
+  cenv->make_error = cenv->make_deferred = cenv->adopt = NULL;
   cdn_env_unref(cenv);
 }
 
-/* setup(makeError): lib's hook, once per environment. */
+/* setup(makeError, makeDeferred, adopt): lib's hooks, once per
+ * environment. */
 static napi_value cdn__js_setup(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 3;
+  napi_value argv[3];
   cdn_env_t* cenv = cdn_env_get(env);
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CDN_ASSERT(cenv->make_error == NULL);
   CDN_CALL(env, napi_create_reference(env, argv[0], 1, &cenv->make_error));
+  CDN_CALL(env, napi_create_reference(env, argv[1], 1, &cenv->make_deferred));
+  CDN_CALL(env, napi_create_reference(env, argv[2], 1, &cenv->adopt));
 
   return NULL;
 }
@@ -130,6 +136,7 @@ static napi_value cdn__init(napi_env env, napi_value exports) {
   if (iso_init_exports(env, exports) == NULL) return NULL;
   if (ctx_init_exports(env, exports) == NULL) return NULL;
   if (fn_init_exports(env, exports) == NULL) return NULL;
+  if (prm_init_exports(env, exports) == NULL) return NULL;
   return exports;
 }
 

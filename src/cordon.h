@@ -51,6 +51,19 @@
 typedef struct cdn_env_s cdn_env_t;
 typedef struct iso_s iso_t;
 
+/* A host reference the engine holds (refs of values going in, and the
+ * tokens of watched promises), released through the isolate's hooks. */
+enum {
+  ISO_TOKEN_CALLBACK = 1, /* a host function the sandbox calls */
+  ISO_TOKEN_HOST_PROMISE, /* a host promise the sandbox awaits */
+  ISO_TOKEN_WATCH         /* lib's deferred for a sandbox promise */
+};
+typedef struct {
+  int kind;
+  cdn_env_t* cenv;
+  napi_ref ref;
+} iso_token_t;
+
 /* A host-side isolate: what an Isolate handle in lib/ points at. */
 struct iso_s {
   cdn_env_t* env;
@@ -60,6 +73,7 @@ struct iso_s {
   int dispose_pending;          /* dispose() was called during a run */
   struct iso_wake_s* wake;      /* the loop handles that run its tasks */
   wd_entry_t* top;              /* the innermost armed deadline */
+  napi_async_context async;     /* for delivering promise settlements */
   iso_t* prev;
   iso_t* next;
 };
@@ -74,7 +88,9 @@ struct cdn_env_s {
   int closing;
   wd_t wd;
   iso_t* isolates;
-  napi_ref make_error; /* lib's (kind, name, message, stack, value) */
+  napi_ref make_error;    /* lib's (kind, name, message, stack, value, code) */
+  napi_ref make_deferred; /* lib's () -> { promise, settle(...) } */
+  napi_ref adopt;         /* lib's (hostPromise, resolverHandle) */
   /* live host records, for tests */
   int64_t n_isolates;
   int64_t n_contexts;
@@ -167,9 +183,24 @@ int cache_accept(cdn_source_t* src, uint64_t hash);
 napi_status cache_to_napi(napi_env env, uint64_t hash, const uint8_t* data,
                           size_t len, napi_value* out);
 
+/* promise.c */
+enum { PRM_FULFILLED = 1, PRM_REJECTED = 2, PRM_DISPOSED = 3 };
+napi_status prm_token_new(cdn_env_t* cenv, int kind, napi_value v, void** out);
+void prm_token_release(iso_token_t* t);
+/* Make the host promise for a sandbox promise record (the record's token
+ * is now lib's deferred). */
+napi_status prm_watch(napi_env env, iso_t* iso, cdn_engine_promise_t* p,
+                      napi_value* out);
+/* hooks->adopt: lib settles `engine` when the host promise settles. */
+void prm_adopt(iso_t* iso, iso_token_t* t, cdn_engine_resolver_t* engine);
+/* Deliver settlements taken from the engine (and free the list). */
+void prm_deliver(iso_t* iso, cdn_settlement_t* list, size_t n);
+napi_value prm_init_exports(napi_env env, napi_value exports);
+
 /* function.c */
-/* A value for lib/: a primitive, a Buffer, or, when it carries functions,
- * [bytes, handles, names, lengths] (the handles take the references). */
+/* A value for lib/: a primitive, a Buffer, or, when it carries functions
+ * or promises, [bytes, handles, names, lengths] (the handles take the
+ * references; a promise's handle is the host promise, its length -1). */
 napi_status fn_value_to_napi(napi_env env, iso_t* iso, cdn_value_t* v,
                              napi_value* out);
 napi_value fn_init_exports(napi_env env, napi_value exports);

@@ -52,12 +52,19 @@ napi_status fn_value_to_napi(napi_env env, iso_t* iso, cdn_value_t* v,
   CDN_CHECK(napi_create_array_with_length(env, v->nrefs, &names));
   CDN_CHECK(napi_create_array_with_length(env, v->nrefs, &lengths));
   for (i = 0; i < v->nrefs; i++) {
-    cdn_engine_function_t* engine = v->refs[i];
-    CDN_CHECK(napi_create_string_utf8(env, cdn_engine_function_name(engine),
-                                      NAPI_AUTO_LENGTH, &s));
-    CDN_CHECK(napi_create_int32(env, cdn_engine_function_length(engine), &n));
+    void* ref = v->refs[i];
     v->refs[i] = NULL; /* the handle owns it, even if making it fails */
-    CDN_CHECK(fn__handle(env, iso, engine, &h));
+    if (cdn_engine_ref_kind(ref) == CDN_REF_PROMISE) {
+      CDN_CHECK(napi_get_null(env, &s));
+      CDN_CHECK(napi_create_int32(env, -1, &n));
+      CDN_CHECK(prm_watch(env, iso, ref, &h));
+    } else {
+      cdn_engine_function_t* engine = ref;
+      CDN_CHECK(napi_create_string_utf8(env, cdn_engine_function_name(engine),
+                                        NAPI_AUTO_LENGTH, &s));
+      CDN_CHECK(napi_create_int32(env, cdn_engine_function_length(engine), &n));
+      CDN_CHECK(fn__handle(env, iso, engine, &h));
+    }
     CDN_CHECK(napi_set_element(env, handles, (uint32_t)i, h));
     CDN_CHECK(napi_set_element(env, names, (uint32_t)i, s));
     CDN_CHECK(napi_set_element(env, lengths, (uint32_t)i, n));

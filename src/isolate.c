@@ -23,13 +23,6 @@ struct iso_wake_s {
   int closing;
 };
 
-/* A host function callable from the sandbox: handed to the engine as an
- * opaque pointer, released through iso__release. */
-typedef struct {
-  cdn_env_t* cenv;
-  napi_ref fn;
-} iso_callback_t;
-
 static void iso__run_tasks_locked(iso_t* iso);
 
 /* Nonzero when `e` fired: cancels that termination, and terminates again if
@@ -79,6 +72,10 @@ int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
     err = CDN_KDISPOSED;
   } else if (iso->depth == 0 && cdn_engine_has_work(eng)) {
     iso__run_tasks_locked(iso);
+    /* A settled promise keeps the loop alive until the wake-up delivers
+     * it; a merely pending one does not, as in Node. */
+    if (cdn_engine_has_settled(eng) && iso->wake != NULL)
+      uv_ref((uv_handle_t*)&iso->wake->async);
   }
   cdn_engine_unlock(eng, &lock);
   if (iso->depth == 0 && iso->dispose_pending) iso_dispose(iso);
@@ -106,13 +103,26 @@ static void iso__run_tasks_locked(iso_t* iso) {
   }
 }
 
+/* Host loop: run the idle isolate's due tasks, then deliver the promise
+ * settlements they (or earlier runs) produced, with the lock released:
+ * delivering runs host code. */
 static void iso__pump(struct iso_wake_s* wake) {
   iso_t* iso = wake->iso;
-  if (iso == NULL || iso->engine == NULL || iso->depth > 0) return;
+  cdn_settlement_t* settled;
   cdn_lock_t lock;
+  size_t n;
+  if (iso == NULL || iso->engine == NULL || iso->depth > 0) return;
+  iso->refs++; /* host code run by delivery may drop the last handle */
   cdn_engine_lock(iso->engine, &lock);
+  iso->depth++;
   iso__run_tasks_locked(iso);
+  n = cdn_engine_take_settled(iso->engine, &settled);
+  iso->depth--;
   cdn_engine_unlock(iso->engine, &lock);
+  uv_unref((uv_handle_t*)&wake->async);
+  if (n > 0 || settled != NULL) prm_deliver(iso, settled, n);
+  if (iso->dispose_pending && iso->depth == 0) iso_dispose(iso);
+  iso_unref(iso);
 }
 
 static void iso__async_cb(uv_async_t* async) {
@@ -172,7 +182,7 @@ static napi_status iso__answer(napi_env env, cdn_env_t* cenv, napi_value ret,
 static void iso__call(void* data, void* cbp, const cdn_value_t* args,
                       cdn_value_t* result) {
   iso_t* iso = data;
-  iso_callback_t* cb = cbp;
+  iso_token_t* cb = cbp;
   napi_env env = iso->env->env;
   napi_handle_scope scope;
   napi_value fn, argv[1], global, ret, exc;
@@ -180,7 +190,7 @@ static void iso__call(void* data, void* cbp, const cdn_value_t* args,
 
   memset(result, 0, sizeof(*result));
   st = napi_open_handle_scope(env, &scope);
-  if (st == napi_ok) st = napi_get_reference_value(env, cb->fn, &fn);
+  if (st == napi_ok) st = napi_get_reference_value(env, cb->ref, &fn);
   if (st == napi_ok)
     st = fn_value_to_napi(env, iso, (cdn_value_t*)args, &argv[0]);
   if (st == napi_ok) st = napi_get_global(env, &global);
@@ -197,13 +207,23 @@ static void iso__call(void* data, void* cbp, const cdn_value_t* args,
   napi_close_handle_scope(env, scope);
 }
 
-/* Host thread: the engine is done with a host function. */
-static void iso__release(void* data, void* cbp) {
-  iso_callback_t* cb = cbp;
+/* Host thread: the engine is done with a host reference. */
+static void iso__release(void* data, void* p) {
+  iso_token_t* t = p;
   (void)data;
-  napi_delete_reference(cb->cenv->env, cb->fn);
-  cb->cenv->n_callbacks--;
-  free(cb);
+  if (t->kind != ISO_TOKEN_CALLBACK) {
+    prm_token_release(t);
+    return;
+  }
+  napi_delete_reference(t->cenv->env, t->ref);
+  t->cenv->n_callbacks--;
+  free(t);
+}
+
+/* Host thread, inside a run: the sandbox awaits a host promise. */
+static void iso__adopt(void* data, void* token,
+                       cdn_engine_resolver_t* resolver) {
+  prm_adopt(data, token, resolver);
 }
 
 napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
@@ -232,11 +252,19 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
   uv_unref((uv_handle_t*)&wake->async);
   uv_unref((uv_handle_t*)&wake->timer);
 
+  {
+    napi_value name;
+    if (napi_create_string_utf8(cenv->env, "cordon.Isolate", NAPI_AUTO_LENGTH,
+                                &name) != napi_ok ||
+        napi_async_init(cenv->env, NULL, name, &iso->async) != napi_ok)
+      iso->async = NULL;
+  }
   opts.memory_limit_mb = memory_limit_mb;
   hooks.data = iso;
   hooks.wake = iso__wake;
   hooks.call = iso__call;
   hooks.release = iso__release;
+  hooks.adopt = iso__adopt;
   if (cdn_engine_isolate_new(&opts, &hooks, &iso->engine) != CDN_OK) {
     iso->engine = NULL;
     wake->iso = NULL;
@@ -286,6 +314,8 @@ void iso_unref(iso_t* iso) {
   if (--iso->refs > 0) return;
   iso_dispose(iso);
   CDN_ASSERT(iso->engine == NULL);
+  if (iso->async != NULL && !cenv->closing)
+    napi_async_destroy(cenv->env, iso->async);
   free(iso);
   cenv->n_isolates--;
   cdn_env_unref(cenv);
@@ -389,6 +419,8 @@ static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
   CDN_CALL(env, iso__set_num(env, obj, "scripts", (double)hs.scripts));
   CDN_CALL(env, iso__set_num(env, obj, "callbacks", (double)hs.callbacks));
   CDN_CALL(env, iso__set_num(env, obj, "functions", (double)hs.functions));
+  CDN_CALL(env, iso__set_num(env, obj, "promises", (double)hs.promises));
+  CDN_CALL(env, iso__set_num(env, obj, "resolvers", (double)hs.resolvers));
   return obj;
 }
 
@@ -408,15 +440,8 @@ static napi_value iso__js_live(napi_env env, napi_callback_info info) {
 
 /* A host function for the engine: the reference is the engine's now. */
 napi_status iso_callback_new(cdn_env_t* cenv, napi_value fn, void** out) {
-  iso_callback_t* cb = malloc(sizeof(*cb));
-  if (cb == NULL) return napi_generic_failure;
-  cb->cenv = cenv;
-  if (napi_create_reference(cenv->env, fn, 1, &cb->fn) != napi_ok) {
-    free(cb);
-    return napi_generic_failure;
-  }
+  CDN_CHECK(prm_token_new(cenv, ISO_TOKEN_CALLBACK, fn, out));
   cenv->n_callbacks++;
-  *out = cb;
   return napi_ok;
 }
 

@@ -77,8 +77,14 @@ static napi_status val__from_encoded(napi_env env, cdn_env_t* cenv,
   if (out->refs == NULL) return napi_generic_failure;
   out->nrefs = n;
   for (i = 0; i < n; i++) {
+    bool is_promise;
     CDN_CHECK(napi_get_element(env, fns, i, &fn));
-    CDN_CHECK(iso_callback_new(cenv, fn, &out->refs[i]));
+    CDN_CHECK(napi_is_promise(env, fn, &is_promise));
+    if (is_promise) {
+      CDN_CHECK(prm_token_new(cenv, ISO_TOKEN_HOST_PROMISE, fn, &out->refs[i]));
+    } else {
+      CDN_CHECK(iso_callback_new(cenv, fn, &out->refs[i]));
+    }
   }
   return napi_ok;
 }

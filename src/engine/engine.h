@@ -38,6 +38,20 @@ typedef struct cdn_engine_isolate_s cdn_engine_isolate_t;
 typedef struct cdn_engine_context_s cdn_engine_context_t;
 typedef struct cdn_engine_script_s cdn_engine_script_t;
 typedef struct cdn_engine_function_s cdn_engine_function_t;
+typedef struct cdn_engine_promise_s cdn_engine_promise_t;
+typedef struct cdn_engine_resolver_s cdn_engine_resolver_t;
+
+/* What a reference in a value is. Out of the sandbox: a function or a
+ * promise record. Into it (host objects 13 and 14): a host callback or a
+ * host promise token. */
+typedef enum { CDN_REF_FUNCTION = 1, CDN_REF_PROMISE = 2 } cdn_ref_kind;
+
+typedef enum {
+  CDN_PROMISE_PENDING = 0,
+  CDN_PROMISE_FULFILLED,
+  CDN_PROMISE_REJECTED,
+  CDN_PROMISE_ABANDONED /* collected by the sandbox without settling */
+} cdn_promise_state;
 
 /* A value crossing the boundary. Owned buffers are malloc'd and freed by
  * cdn_value_free(). Objects travel in V8's serialisation format, with
@@ -97,9 +111,22 @@ typedef struct {
    * `result` with a value, or a CDN_VAL_ERROR to throw in the sandbox. */
   void (*call)(void* data, void* cb, const cdn_value_t* args,
                cdn_value_t* result);
-  /* Release the host callback `cb`. Called on the host's thread. */
+  /* Release a host reference (a callback, a host promise token, or a
+   * promise watch token). Called on the host's thread. */
   void (*release)(void* data, void* cb);
+  /* The sandbox now awaits host promise `token` through `resolver`; the
+   * host settles it with cdn_engine_resolver_settle and owns the resolver
+   * (cdn_engine_resolver_release). Called like `call`. */
+  void (*adopt)(void* data, void* token, cdn_engine_resolver_t* resolver);
 } cdn_host_hooks_t;
+
+/* A watched sandbox promise that settled (or was abandoned). `value` is its
+ * result; for a rejection, a CDN_VAL_ERROR or any value. */
+typedef struct {
+  void* token; /* from cdn_engine_promise_watch; the host's */
+  cdn_promise_state state;
+  cdn_value_t value;
+} cdn_settlement_t;
 
 typedef struct {
   size_t memory_limit_mb; /* 0: V8's default heap size */
@@ -134,7 +161,8 @@ void cdn_engine_terminate(cdn_engine_isolate_t* iso);
 /* With the lock held: cancel a termination requested by terminate(). */
 void cdn_engine_cancel_terminate(cdn_engine_isolate_t* iso);
 
-/* Thread-safe: nonzero if foreground tasks or releases are due now. */
+/* Thread-safe: nonzero if foreground tasks, releases or promise
+ * settlements are due now. */
 int cdn_engine_has_work(cdn_engine_isolate_t* iso);
 /* With the lock held: run the due foreground tasks and pending releases.
  * Sets *next_ms to the delay until the next delayed task (-1: none).
@@ -153,6 +181,8 @@ typedef struct {
   size_t scripts;
   size_t callbacks;
   size_t functions;
+  size_t promises;
+  size_t resolvers;
 } cdn_heap_stats_t;
 
 /* With the lock held. */
@@ -234,6 +264,27 @@ int cdn_engine_call(cdn_engine_function_t* fn, const cdn_value_t* this_arg,
 
 /* Thread-safe, like cdn_engine_context_release. */
 void cdn_engine_function_release(cdn_engine_function_t* fn);
+
+/* Thread-safe: the kind of an out-reference, and its release. */
+cdn_ref_kind cdn_engine_ref_kind(void* ref);
+void cdn_engine_ref_release(void* ref);
+/* With the lock held: the host takes a promise record and gives the token
+ * hooks->settle receives. */
+void cdn_engine_promise_watch(cdn_engine_promise_t* p, void* token);
+/* Thread-safe: nonzero if settlements of watched promises wait. */
+int cdn_engine_has_settled(cdn_engine_isolate_t* iso);
+/* With the lock held: take the settlements of watched promises (a
+ * malloc'd array, *out; the caller delivers them, with or without the
+ * lock, frees each value and the array). Returns how many. */
+size_t cdn_engine_take_settled(cdn_engine_isolate_t* iso,
+                               cdn_settlement_t** out);
+
+/* With the lock held: settle a sandbox promise the host adopted, and run
+ * the microtasks that follows. Takes the value's refs. */
+int cdn_engine_resolver_settle(cdn_engine_resolver_t* r, int rejected,
+                               const cdn_value_t* value);
+/* Thread-safe, like cdn_engine_context_release. */
+void cdn_engine_resolver_release(cdn_engine_resolver_t* r);
 /* Thread-safe: what the function was created with (UTF-8; immutable). */
 const char* cdn_engine_function_name(cdn_engine_function_t* fn);
 int cdn_engine_function_length(cdn_engine_function_t* fn);

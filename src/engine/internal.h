@@ -19,6 +19,8 @@
 
 namespace cordon {
 
+class PromiseRecord;
+
 // Monotonic nanoseconds, for due times of delayed tasks.
 inline uint64_t NowNs() {
   return static_cast<uint64_t>(
@@ -140,6 +142,12 @@ struct cdn_engine_isolate_s {
   size_t scripts = 0;
   size_t callbacks = 0;
   size_t functions = 0;
+  size_t promises = 0;
+  size_t resolvers = 0;
+  // Settled PromiseRecords waiting for the host loop. Under the lock; the
+  // count is read by cdn_engine_has_work from any thread.
+  std::vector<cordon::PromiseRecord*> settled;
+  std::atomic<size_t> settled_pending{0};
 
   // Set by the near-heap-limit callback; reported as CDN_ENOMEM.
   std::atomic<bool> out_of_memory{false};
@@ -184,12 +192,19 @@ class ScriptRecord final : public Record {
   v8::Global<v8::UnboundScript> script;
 };
 
+// Something a value carries out of the sandbox by reference.
+class OutRef : public Record {
+ public:
+  OutRef(cdn_engine_isolate_t* iso, cdn_ref_kind k) : Record(iso), kind(k) {}
+  const cdn_ref_kind kind;
+};
+
 // A sandbox function the host holds (a host proxy's target): strong, until
 // the host drops its proxy.
-class FunctionRecord final : public Record {
+class FunctionRecord final : public OutRef {
  public:
   FunctionRecord(cdn_engine_isolate_t* iso, std::shared_ptr<ContextLink> l)
-      : Record(iso), link(std::move(l)) {
+      : OutRef(iso, CDN_REF_FUNCTION), link(std::move(l)) {
     iso->functions++;
   }
   ~FunctionRecord() override;
@@ -217,6 +232,50 @@ class CallbackRecord final : public Record {
   v8::Global<v8::Function> fn;
 };
 
+// A sandbox promise the host awaits. While pending it is held by the
+// reactions attached to the sandbox promise (weakly, through their
+// function): if the sandbox drops a promise that never settles, the record
+// still reports, as "abandoned". Settled, it waits in the isolate's queue
+// until the host loop delivers it (hooks->settle) and frees it.
+class PromiseRecord final : public OutRef {
+ public:
+  explicit PromiseRecord(cdn_engine_isolate_t* iso)
+      : OutRef(iso, CDN_REF_PROMISE) {
+    iso->promises++;
+  }
+  ~PromiseRecord() override;
+
+  std::shared_ptr<ContextLink> link;
+  cdn_promise_state state = CDN_PROMISE_PENDING;
+  cdn_value_t value{};
+  void* token = nullptr;  // the host's, from cdn_engine_promise_watch
+  bool queued = false;
+  v8::Global<v8::Function> reaction;  // weak
+};
+
+// A host promise the sandbox awaits: a resolver the host settles later.
+class ResolverRecord final : public Record {
+ public:
+  ResolverRecord(cdn_engine_isolate_t* iso, std::shared_ptr<ContextLink> l)
+      : Record(iso), link(std::move(l)) {
+    iso->resolvers++;
+  }
+  ~ResolverRecord() override;
+
+  v8::Global<v8::Promise::Resolver> resolver;
+  std::shared_ptr<ContextLink> link;
+};
+
+// promise.cc: a sandbox promise leaving by reference.
+PromiseRecord* WatchPromise(v8::Isolate* isolate,
+                            v8::Local<v8::Context> context,
+                            v8::Local<v8::Promise> promise,
+                            const std::shared_ptr<ContextLink>& link);
+// A sandbox promise for host promise `token` (hooks->adopt is called).
+v8::MaybeLocal<v8::Promise> AdoptHostPromise(
+    v8::Local<v8::Context> context, void* token,
+    const std::shared_ptr<ContextLink>& link);
+
 // The sandbox function for a host callback.
 v8::MaybeLocal<v8::Function> NewCallbackFunction(
     v8::Local<v8::Context> context, void* host_cb,
@@ -241,6 +300,11 @@ void ReleaseRefs(cdn_engine_isolate_t* iso, cdn_value_t* v);
 int ExceptionToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
                     v8::TryCatch* try_catch, bool compiling,
                     const std::shared_ptr<ContextLink>& link, cdn_value_t* out);
+// A thrown (or rejection) value for the host: an Error's name, message,
+// stack and code, or the value itself. CDN_OK or CDN_ETERMINATED.
+int ThrownToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
+                 v8::Local<v8::Value> exc,
+                 const std::shared_ptr<ContextLink>& link, cdn_value_t* out);
 // Throw a host-described error (CDN_VAL_ERROR) in the sandbox.
 void ThrowInSandbox(v8::Isolate* isolate, const cdn_value_t* error);
 // isolate.cc: after an out-of-memory termination, with the lock held.

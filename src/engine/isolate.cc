@@ -253,7 +253,8 @@ extern "C" void cdn_engine_cancel_terminate(cdn_engine_isolate_t* iso) {
 }
 
 extern "C" int cdn_engine_has_work(cdn_engine_isolate_t* iso) {
-  return iso->tasks->HasWork() ? 1 : 0;
+  return iso->tasks->HasWork() ||
+         iso->settled_pending.load(std::memory_order_acquire) != 0;
 }
 
 extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,
@@ -287,6 +288,8 @@ extern "C" void cdn_engine_heap_stats(cdn_engine_isolate_t* iso,
   out->scripts = iso->scripts;
   out->callbacks = iso->callbacks;
   out->functions = iso->functions;
+  out->promises = iso->promises;
+  out->resolvers = iso->resolvers;
 }
 
 extern "C" void cdn_cache_result_free(cdn_cache_result_t* r) {
@@ -304,9 +307,7 @@ extern "C" void cdn_value_free(cdn_value_t* v) {
   }
   if (v->refs_out) {
     for (size_t i = 0; i < v->nrefs; i++) {
-      if (v->refs[i] != nullptr)
-        cdn_engine_function_release(
-            static_cast<cdn_engine_function_t*>(v->refs[i]));
+      if (v->refs[i] != nullptr) cdn_engine_ref_release(v->refs[i]);
     }
   }
   free(v->refs);

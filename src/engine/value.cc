@@ -49,7 +49,8 @@ enum ViewType : uint32_t {
   kBigInt64,
   kBigUint64,
   kViewTypeCount,
-  kFunctionRef = 13
+  kFunctionRef = 13,
+  kPromiseRef = 14
 };
 
 // Deeper values are refused rather than risk the native stack.
@@ -93,9 +94,9 @@ class Serializer final : public v8::ValueSerializer::Delegate {
     if (object->InternalFieldCount() == 1) {
       // A function placeholder made by a Shadower: sandbox code cannot make
       // API objects, so nothing else has an internal field.
-      uint32_t index = object->GetInternalField(0).As<v8::Uint32>()->Value();
-      ser_.WriteUint32(kFunctionRef);
-      ser_.WriteUint32(index);
+      uint32_t tag = object->GetInternalField(0).As<v8::Uint32>()->Value();
+      ser_.WriteUint32((tag & 1) ? kPromiseRef : kFunctionRef);
+      ser_.WriteUint32(tag >> 1);
       return v8::Just(true);
     }
     if (!object->IsArrayBufferView()) {
@@ -199,6 +200,23 @@ class Deserializer final : public v8::ValueDeserializer::Delegate {
     return fn;
   }
 
+  // The sandbox promise for host promise `index`, made once.
+  MaybeLocal<Object> ReadPromiseRef(Isolate* isolate) {
+    uint32_t index;
+    if (!des_.ReadUint32(&index) || in_ == nullptr || index >= in_->nrefs ||
+        link_ == nullptr)
+      return Malformed(isolate);
+    if (!made_[index].IsEmpty()) return made_[index];
+    void* token = in_->refs[index];
+    if (token == nullptr) return Malformed(isolate);
+    in_->refs[index] = nullptr;  // adopted by the resolver's host side
+    Local<v8::Promise> promise;
+    if (!AdoptHostPromise(context_, token, *link_).ToLocal(&promise))
+      return MaybeLocal<Object>();
+    made_[index] = promise;
+    return promise;
+  }
+
   MaybeLocal<Object> Malformed(Isolate* isolate) {
     isolate->ThrowException(v8::Exception::TypeError(
         String::NewFromUtf8Literal(isolate, "malformed serialised value")));
@@ -210,6 +228,7 @@ class Deserializer final : public v8::ValueDeserializer::Delegate {
     const void* bytes = nullptr;
     if (!des_.ReadUint32(&type)) return Malformed(isolate);
     if (type == kFunctionRef) return ReadFunctionRef(isolate);
+    if (type == kPromiseRef) return ReadPromiseRef(isolate);
     if (!des_.ReadUint32(&length) || type >= kViewTypeCount ||
         (length > 0 && !des_.ReadRawBytes(length, &bytes))) {
       isolate->ThrowException(v8::Exception::TypeError(
@@ -275,8 +294,9 @@ class Shadower {
     template_->SetInternalFieldCount(1);
   }
 
-  std::vector<Local<v8::Function>>& functions() {
-    return functions_;
+  // What the placeholders stand for, by index: functions and promises.
+  std::vector<Local<Object>>& refs() {
+    return refs_;
   }
 
   MaybeLocal<Value> Copy(Local<Value> value, int depth) {
@@ -291,7 +311,8 @@ class Shadower {
     if (!seen_->Get(context_, value).ToLocal(&known))
       return MaybeLocal<Value>();
     if (!known->IsUndefined()) return known;
-    if (value->IsFunction()) return Placeholder(value.As<v8::Function>());
+    if (value->IsFunction() || value->IsPromise())
+      return Placeholder(value.As<Object>());
     if (value->IsArray()) return CopyArray(value.As<v8::Array>(), depth);
     if (IsPlain(value.As<Object>()))
       return CopyObject(value.As<Object>(), depth);
@@ -313,15 +334,16 @@ class Shadower {
            (proto->IsObject() && proto.As<Object>()->GetPrototype()->IsNull());
   }
 
-  MaybeLocal<Value> Placeholder(Local<v8::Function> fn) {
+  // The internal field holds index * 2 + (1 for a promise).
+  MaybeLocal<Value> Placeholder(Local<Object> target) {
     Local<Object> ph;
     if (!template_->NewInstance(context_).ToLocal(&ph))
       return MaybeLocal<Value>();
-    ph->SetInternalField(
-        0, v8::Integer::NewFromUnsigned(
-               isolate_, static_cast<uint32_t>(functions_.size())));
-    functions_.push_back(fn);
-    if (seen_->Set(context_, fn, ph).IsEmpty()) return MaybeLocal<Value>();
+    uint32_t tag =
+        static_cast<uint32_t>(refs_.size()) * 2 + (target->IsPromise() ? 1 : 0);
+    ph->SetInternalField(0, v8::Integer::NewFromUnsigned(isolate_, tag));
+    refs_.push_back(target);
+    if (seen_->Set(context_, target, ph).IsEmpty()) return MaybeLocal<Value>();
     return ph;
   }
 
@@ -361,7 +383,7 @@ class Shadower {
   Local<Context> context_;
   Local<v8::Map> seen_;
   Local<v8::ObjectTemplate> template_;
-  std::vector<Local<v8::Function>> functions_;
+  std::vector<Local<Object>> refs_;
 };
 
 // A short description of a value's type for error messages.
@@ -377,19 +399,25 @@ const char* TypeName(Local<Value> v) {
 
 }  // namespace
 
-// Records for the functions a value carries out, in its refs.
-static void TakeFunctions(Isolate* isolate, Local<Context> context,
-                          const std::vector<Local<v8::Function>>& functions,
-                          const std::shared_ptr<ContextLink>& link,
-                          cdn_value_t* out) {
+// Records for the functions and promises a value carries out, in its refs.
+static void TakeRefs(Isolate* isolate, Local<Context> context,
+                     const std::vector<Local<Object>>& refs,
+                     const std::shared_ptr<ContextLink>& link,
+                     cdn_value_t* out) {
   cdn_engine_isolate_t* iso = link->rec->iso();
-  out->refs = static_cast<void**>(calloc(functions.size(), sizeof(void*)));
+  out->refs = static_cast<void**>(calloc(refs.size(), sizeof(void*)));
   if (out->refs == nullptr) abort();
-  out->nrefs = functions.size();
+  out->nrefs = refs.size();
   out->refs_out = 1;
-  for (size_t i = 0; i < functions.size(); i++) {
+  for (size_t i = 0; i < refs.size(); i++) {
+    if (refs[i]->IsPromise()) {
+      Record* p =
+          WatchPromise(isolate, context, refs[i].As<v8::Promise>(), link);
+      out->refs[i] = p;
+      continue;
+    }
     auto* rec = new FunctionRecord(iso, link);
-    Local<v8::Function> fn = functions[i];
+    Local<v8::Function> fn = refs[i].As<v8::Function>();
     rec->fn.Reset(isolate, fn);
     String::Utf8Value name(isolate, fn->GetName());
     if (*name != nullptr) rec->name.assign(*name, name.length());
@@ -402,7 +430,7 @@ static void TakeFunctions(Isolate* isolate, Local<Context> context,
       double l = length.As<v8::Number>()->Value();
       rec->length = l >= 0 && l <= 65535 ? static_cast<int>(l) : 0;
     }
-    out->refs[i] = rec;
+    out->refs[i] = static_cast<Record*>(rec);
   }
 }
 
@@ -416,16 +444,16 @@ static int SerializeObject(Isolate* isolate, Local<Context> context,
   auto s = std::make_unique<Serializer>(isolate);
   s->ser()->WriteHeader();
   bool ok = s->ser()->WriteValue(context, value).FromMaybe(false);
-  std::vector<Local<v8::Function>> functions;
+  std::vector<Local<Object>> refs;
   if (!ok && !try_catch.HasTerminated() && link && link->rec != nullptr) {
     try_catch.Reset();
     Shadower shadow(isolate, context);
     Local<Value> copy;
-    if (shadow.Copy(value, 0).ToLocal(&copy) && !shadow.functions().empty()) {
+    if (shadow.Copy(value, 0).ToLocal(&copy) && !shadow.refs().empty()) {
       s = std::make_unique<Serializer>(isolate);
       s->ser()->WriteHeader();
       ok = s->ser()->WriteValue(context, copy).FromMaybe(false);
-      functions = std::move(shadow.functions());
+      refs = std::move(shadow.refs());
     }
   }
   if (!ok) {
@@ -442,7 +470,7 @@ static int SerializeObject(Isolate* isolate, Local<Context> context,
   out->kind = CDN_VAL_BYTES;
   out->u.bytes = buf.first;
   out->len = buf.second;
-  if (!functions.empty()) TakeFunctions(isolate, context, functions, link, out);
+  if (!refs.empty()) TakeRefs(isolate, context, refs, link, out);
   return CDN_OK;
 }
 
@@ -602,23 +630,18 @@ void ThrowInSandbox(Isolate* isolate, const cdn_value_t* error) {
   isolate->ThrowException(exc);
 }
 
-int ExceptionToHost(Isolate* isolate, Local<Context> context,
-                    TryCatch* try_catch, bool compiling,
-                    const std::shared_ptr<ContextLink>& link,
-                    cdn_value_t* out) {
+int ThrownToHost(Isolate* isolate, Local<Context> context, Local<Value> exc,
+                 const std::shared_ptr<ContextLink>& link, cdn_value_t* out) {
   *out = cdn_value_t{};
-  if (try_catch->HasTerminated() || isolate->IsExecutionTerminating())
-    return CDN_ETERMINATED;
-  Local<Value> exc = try_catch->Exception();
   if (!exc->IsNativeError()) {
     // A thrown value that is not an Error crosses as a value.
     int err = ToHost(isolate, context, exc, link, out);
     if (err == CDN_ECLONE) {
       SetError(out, "Error",
                "Uncaught value that cannot be copied out of the sandbox");
-      return CDN_EEXCEPTION;
+      return CDN_OK;
     }
-    return err == CDN_OK ? CDN_EEXCEPTION : err;
+    return err;
   }
   // Reading name, message and stack may run sandbox getters; the deadline
   // is still armed around this.
@@ -639,25 +662,35 @@ int ExceptionToHost(Isolate* isolate, Local<Context> context,
   out->name = name->IsString() ? ToUtf8(isolate, name) : DupString("Error", 5);
   out->message =
       message->IsString() ? ToUtf8(isolate, message) : DupString("", 0);
-  std::string st;
-  if (stack->IsString()) {
-    String::Utf8Value utf8(isolate, stack);
-    if (*utf8 != nullptr) st.assign(*utf8, utf8.length());
-  }
-  if (compiling) {
+  out->stack = stack->IsString() ? ToUtf8(isolate, stack) : DupString("", 0);
+  if (code->IsString()) out->code = ToUtf8(isolate, code);
+  return CDN_OK;
+}
+
+int ExceptionToHost(Isolate* isolate, Local<Context> context,
+                    TryCatch* try_catch, bool compiling,
+                    const std::shared_ptr<ContextLink>& link,
+                    cdn_value_t* out) {
+  *out = cdn_value_t{};
+  if (try_catch->HasTerminated() || isolate->IsExecutionTerminating())
+    return CDN_ETERMINATED;
+  int err = ThrownToHost(isolate, context, try_catch->Exception(), link, out);
+  if (err != CDN_OK) return err;
+  if (compiling && out->kind == CDN_VAL_ERROR) {
     // A compile error has no frame; name the place, as a frame would.
     Local<v8::Message> m = try_catch->Message();
     if (!m.IsEmpty()) {
       String::Utf8Value file(isolate, m->GetScriptResourceName());
       int line = m->GetLineNumber(context).FromMaybe(0);
       int col = m->GetStartColumn(context).FromMaybe(0) + 1;
-      st = std::string(out->name) + ": " + out->message + "\n    at " +
-           (*file != nullptr ? *file : "<anonymous>") + ":" +
-           std::to_string(line) + ":" + std::to_string(col);
+      std::string st = std::string(out->name) + ": " + out->message +
+                       "\n    at " +
+                       (*file != nullptr ? *file : "<anonymous>") + ":" +
+                       std::to_string(line) + ":" + std::to_string(col);
+      free(out->stack);
+      out->stack = DupString(st.data(), st.size());
     }
   }
-  out->stack = DupString(st.data(), st.size());
-  if (code->IsString()) out->code = ToUtf8(isolate, code);
   return CDN_EEXCEPTION;
 }
 

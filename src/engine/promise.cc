@@ -1,0 +1,232 @@
+// promise.cc: promises across the boundary, with the isolate lock held.
+//
+// Out of the sandbox, a promise travels as a reference (host object 14)
+// to a PromiseRecord. Reactions attached to the sandbox promise record its
+// settlement, converted to a host value at once, and queue the record; the
+// host takes the queue (cdn_engine_take_settled) on its loop and settles
+// its own promise. A sandbox promise collected while pending is reported
+// as abandoned, so no host promise waits forever on a dead one.
+//
+// Into the sandbox, a host promise becomes the promise of a resolver the
+// host adopts (hooks->adopt) and settles later through
+// cdn_engine_resolver_settle, running the sandbox's microtasks then.
+#include "internal.h"
+
+using v8::Context;
+using v8::External;
+using v8::FunctionCallbackInfo;
+using v8::HandleScope;
+using v8::Isolate;
+using v8::Local;
+using v8::TryCatch;
+using v8::Value;
+
+namespace cordon {
+
+PromiseRecord::~PromiseRecord() {
+  reaction.Reset();
+  cdn_value_free(&value);
+  if (token != nullptr) iso()->hooks.release(iso()->hooks.data, token);
+  iso()->promises--;
+}
+
+ResolverRecord::~ResolverRecord() {
+  resolver.Reset();
+  iso()->resolvers--;
+}
+
+namespace {
+
+void Queue(PromiseRecord* rec) {
+  cdn_engine_isolate_t* iso = rec->iso();
+  rec->queued = true;
+  iso->settled.push_back(rec);
+  iso->settled_pending.fetch_add(1, std::memory_order_release);
+  iso->hooks.wake(iso->hooks.data);
+}
+
+void Settle(PromiseRecord* rec, cdn_promise_state state, Local<Value> v) {
+  if (rec->state != CDN_PROMISE_PENDING) return;
+  Isolate* isolate = rec->iso()->isolate;
+  Local<Context> context = isolate->GetCurrentContext();
+  rec->reaction.Reset();
+  rec->state = state;
+  int err;
+  if (state == CDN_PROMISE_FULFILLED) {
+    err = ToHost(isolate, context, v, rec->link, &rec->value);
+  } else {
+    err = ThrownToHost(isolate, context, v, rec->link, &rec->value);
+  }
+  if (err == CDN_ECLONE) {
+    rec->state = CDN_PROMISE_REJECTED;  // the reason is in value
+  } else if (err != CDN_OK) {
+    rec->state = CDN_PROMISE_REJECTED;
+    SetError(&rec->value, "Error",
+             "The sandbox stopped while its promise was settling");
+  }
+  Queue(rec);
+}
+
+void OnFulfilled(const FunctionCallbackInfo<Value>& info) {
+  auto* rec = static_cast<PromiseRecord*>(info.Data().As<External>()->Value());
+  Settle(rec, CDN_PROMISE_FULFILLED, info[0]);
+}
+
+void OnRejected(const FunctionCallbackInfo<Value>& info) {
+  auto* rec = static_cast<PromiseRecord*>(info.Data().As<External>()->Value());
+  Settle(rec, CDN_PROMISE_REJECTED, info[0]);
+}
+
+// The reactions, and so the pending promise, were collected. A first-pass
+// weak callback: no V8 heap access, only bookkeeping.
+void OnAbandoned(const v8::WeakCallbackInfo<PromiseRecord>& info) {
+  PromiseRecord* rec = info.GetParameter();
+  rec->reaction.Reset();
+  if (rec->state != CDN_PROMISE_PENDING) return;
+  rec->state = CDN_PROMISE_ABANDONED;
+  SetError(&rec->value, "Error",
+           "The sandbox promise was collected without ever settling");
+  Queue(rec);
+}
+
+}  // namespace
+
+PromiseRecord* WatchPromise(Isolate* isolate, Local<Context> context,
+                            Local<v8::Promise> promise,
+                            const std::shared_ptr<ContextLink>& link) {
+  auto* rec = new PromiseRecord(link->rec->iso());
+  rec->link = link;
+  switch (promise->State()) {
+    case v8::Promise::kFulfilled:
+      Settle(rec, CDN_PROMISE_FULFILLED, promise->Result());
+      return rec;
+    case v8::Promise::kRejected:
+      promise->MarkAsHandled();
+      Settle(rec, CDN_PROMISE_REJECTED, promise->Result());
+      return rec;
+    case v8::Promise::kPending:
+      break;
+  }
+  Local<External> data = External::New(isolate, rec);
+  Local<v8::Function> fulfilled, rejected;
+  if (!v8::Function::New(context, OnFulfilled, data, 1).ToLocal(&fulfilled) ||
+      !v8::Function::New(context, OnRejected, data, 1).ToLocal(&rejected) ||
+      promise->Then(context, fulfilled, rejected).IsEmpty()) {
+    Settle(rec, CDN_PROMISE_REJECTED,
+           v8::Exception::Error(v8::String::NewFromUtf8Literal(
+               isolate, "could not watch the sandbox promise")));
+    return rec;
+  }
+  rec->reaction.Reset(isolate, fulfilled);
+  rec->reaction.SetWeak(rec, OnAbandoned, v8::WeakCallbackType::kParameter);
+  return rec;
+}
+
+v8::MaybeLocal<v8::Promise> AdoptHostPromise(
+    Local<Context> context, void* token,
+    const std::shared_ptr<ContextLink>& link) {
+  cdn_engine_isolate_t* iso = link->rec->iso();
+  Isolate* isolate = iso->isolate;
+  Local<v8::Promise::Resolver> resolver;
+  if (!v8::Promise::Resolver::New(context).ToLocal(&resolver)) {
+    iso->hooks.release(iso->hooks.data, token);
+    return v8::MaybeLocal<v8::Promise>();
+  }
+  auto* rec = new ResolverRecord(iso, link);
+  rec->resolver.Reset(isolate, resolver);
+  iso->host_isolate->Enter();
+  iso->hooks.adopt(iso->hooks.data, token,
+                   reinterpret_cast<cdn_engine_resolver_t*>(rec));
+  iso->host_isolate->Exit();
+  return resolver->GetPromise();
+}
+
+}  // namespace cordon
+
+using cordon::PromiseRecord;
+using cordon::ResolverRecord;
+
+extern "C" cdn_ref_kind cdn_engine_ref_kind(void* ref) {
+  return static_cast<cordon::OutRef*>(static_cast<cordon::Record*>(ref))->kind;
+}
+
+extern "C" void cdn_engine_ref_release(void* ref) {
+  auto* rec = static_cast<cordon::Record*>(ref);
+  rec->iso()->tasks->PostRelease(rec);
+}
+
+extern "C" void cdn_engine_promise_watch(cdn_engine_promise_t* p, void* token) {
+  reinterpret_cast<PromiseRecord*>(
+      static_cast<cordon::Record*>(static_cast<void*>(p)))
+      ->token = token;
+}
+
+extern "C" int cdn_engine_has_settled(cdn_engine_isolate_t* iso) {
+  return iso->settled_pending.load(std::memory_order_acquire) != 0;
+}
+
+extern "C" size_t cdn_engine_take_settled(cdn_engine_isolate_t* iso,
+                                          cdn_settlement_t** out) {
+  std::vector<PromiseRecord*> list;
+  list.swap(iso->settled);
+  iso->settled_pending.store(0, std::memory_order_release);
+  *out = nullptr;
+  if (list.empty()) return 0;
+  auto* s = static_cast<cdn_settlement_t*>(
+      calloc(list.size(), sizeof(cdn_settlement_t)));
+  if (s == nullptr) abort();
+  size_t n = 0;
+  for (PromiseRecord* rec : list) {
+    if (rec->token != nullptr) {
+      s[n].token = rec->token;
+      s[n].state = rec->state;
+      s[n].value = rec->value;  // moved out
+      rec->value = cdn_value_t{};
+      rec->token = nullptr;
+      n++;
+    }
+    delete rec;
+  }
+  *out = s;
+  return n;
+}
+
+extern "C" int cdn_engine_resolver_settle(cdn_engine_resolver_t* r,
+                                          int rejected,
+                                          const cdn_value_t* value) {
+  auto* rec = reinterpret_cast<ResolverRecord*>(r);
+  cdn_engine_isolate_t* iso = rec->iso();
+  Isolate* isolate = iso->isolate;
+  cdn_value_t in = *value;  // FromHost takes its refs
+  if (rec->link->rec == nullptr) {
+    cordon::ReleaseRefs(iso, &in);
+    return CDN_EDISPOSED;
+  }
+  HandleScope handle_scope(isolate);
+  Local<Context> context = rec->link->rec->context.Get(isolate);
+  Context::Scope context_scope(context);
+  TryCatch try_catch(isolate);
+  Local<v8::Promise::Resolver> resolver = rec->resolver.Get(isolate);
+  Local<Value> v;
+  if (!cordon::FromHost(isolate, context, &in, rec->link, &v)) {
+    // The host's value could not be read: reject with why.
+    if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())
+      return CDN_ETERMINATED;
+    v = try_catch.Exception();
+    try_catch.Reset();
+    rejected = 1;
+  }
+  if ((rejected ? resolver->Reject(context, v) : resolver->Resolve(context, v))
+          .IsNothing() &&
+      (try_catch.HasTerminated() || isolate->IsExecutionTerminating()))
+    return CDN_ETERMINATED;
+  isolate->PerformMicrotaskCheckpoint();
+  if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())
+    return CDN_ETERMINATED;
+  return CDN_OK;
+}
+
+extern "C" void cdn_engine_resolver_release(cdn_engine_resolver_t* r) {
+  auto* rec = reinterpret_cast<ResolverRecord*>(r);
+  rec->iso()->tasks->PostRelease(rec);
+}

@@ -1,0 +1,218 @@
+/* promise.c: promises across the boundary, host side. Host thread only.
+ *
+ * Out of the sandbox: a promise record becomes a host promise made by lib/
+ * (makeDeferred); its token is watched by the engine and delivered from
+ * the host loop (prm_deliver), inside a callback scope so that the host's
+ * microtasks run after it.
+ *
+ * Into the sandbox: a host promise's token is adopted by the engine, which
+ * hands back a resolver; lib/ (adopt) settles it when the host promise
+ * settles, through settleSandbox().
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cordon.h"
+
+typedef struct {
+  iso_t* iso;
+  cdn_engine_resolver_t* engine;
+} prm_resolver_t;
+
+/* Call lib's hook `ref` with argv; in a callback scope when `scoped`. */
+static napi_status prm__call(napi_env env, iso_t* iso, napi_ref ref,
+                             napi_value recv, size_t argc, napi_value* argv,
+                             int scoped, napi_value* result) {
+  napi_value fn, global;
+  CDN_CHECK(napi_get_reference_value(env, ref, &fn));
+  if (recv == NULL) {
+    CDN_CHECK(napi_get_global(env, &global));
+    recv = global;
+  }
+  if (scoped)
+    return napi_make_callback(env, iso->async, recv, fn, argc, argv, result);
+  return napi_call_function(env, recv, fn, argc, argv, result);
+}
+
+napi_status prm_token_new(cdn_env_t* cenv, int kind, napi_value v, void** out) {
+  iso_token_t* t = malloc(sizeof(*t));
+  if (t == NULL) return napi_generic_failure;
+  t->kind = kind;
+  t->cenv = cenv;
+  if (napi_create_reference(cenv->env, v, 1, &t->ref) != napi_ok) {
+    free(t);
+    return napi_generic_failure;
+  }
+  *out = t;
+  return napi_ok;
+}
+
+/* A settled (or disposed) watched promise: lib's deferred.settle(state,
+ * value, name, message, stack, code). `v` NULL: the isolate went away. */
+static void prm__settle(napi_env env, iso_t* iso, iso_token_t* t, int state,
+                        cdn_value_t* v, int scoped) {
+  napi_handle_scope scope;
+  napi_value deferred, settle, argv[6], result, exc;
+  cdn_value_t none = {0};
+  napi_status st;
+  int i;
+  if (v == NULL) v = &none;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  st = napi_get_reference_value(env, t->ref, &deferred);
+  if (st == napi_ok)
+    st = napi_get_named_property(env, deferred, "settle", &settle);
+  if (st == napi_ok) st = napi_create_int32(env, state, &argv[0]);
+  for (i = 1; i < 6; i++) napi_get_undefined(env, &argv[i]);
+  if (st == napi_ok && v->kind == CDN_VAL_ERROR) {
+    const char* parts[4] = {v->name, v->message, v->stack, v->code};
+    for (i = 0; i < 4 && st == napi_ok; i++) {
+      if (parts[i] != NULL)
+        st = napi_create_string_utf8(env, parts[i], NAPI_AUTO_LENGTH,
+                                     &argv[2 + i]);
+    }
+  } else if (st == napi_ok) {
+    st = fn_value_to_napi(env, iso, v, &argv[1]);
+  }
+  if (st == napi_ok) {
+    napi_value fn = settle;
+    if (v == &none || !scoped) {
+      st = napi_call_function(env, deferred, fn, 6, argv, &result);
+    } else {
+      st = napi_make_callback(env, iso->async, deferred, fn, 6, argv, &result);
+    }
+  }
+  if (st != napi_ok) napi_get_and_clear_last_exception(env, &exc);
+  napi_close_handle_scope(env, scope);
+}
+
+void prm_token_release(iso_token_t* t) {
+  napi_env env = t->cenv->env;
+  if (t->kind == ISO_TOKEN_WATCH && !t->cenv->closing) {
+    /* The engine dropped a watched promise unsettled: its isolate is
+     * being disposed. The host promise rejects with ERR_ISOLATE_DISPOSED. */
+    prm__settle(env, NULL, t, PRM_DISPOSED, NULL, 0);
+  }
+  napi_delete_reference(env, t->ref);
+  free(t);
+}
+
+napi_status prm_watch(napi_env env, iso_t* iso, cdn_engine_promise_t* p,
+                      napi_value* out) {
+  napi_value deferred;
+  void* token;
+  cdn_lock_t lock;
+  napi_status st;
+  st =
+      prm__call(env, iso, iso->env->make_deferred, NULL, 0, NULL, 0, &deferred);
+  if (st == napi_ok)
+    st = napi_get_named_property(env, deferred, "promise", out);
+  if (st == napi_ok)
+    st = prm_token_new(iso->env, ISO_TOKEN_WATCH, deferred, &token);
+  CDN_ASSERT(iso->engine != NULL);
+  cdn_engine_lock(iso->engine, &lock);
+  if (st == napi_ok) {
+    cdn_engine_promise_watch(p, token);
+  } else {
+    cdn_engine_ref_release(p);
+  }
+  cdn_engine_unlock(iso->engine, &lock);
+  return st;
+}
+
+/* ---- resolvers: host promises the sandbox awaits ------------------------ */
+
+static void prm__resolver_finalize(napi_env env, void* data, void* hint) {
+  prm_resolver_t* r = data;
+  (void)env;
+  (void)hint;
+  if (r->iso->engine != NULL) cdn_engine_resolver_release(r->engine);
+  iso_unref(r->iso);
+  free(r);
+}
+
+void prm_adopt(iso_t* iso, iso_token_t* t, cdn_engine_resolver_t* engine) {
+  napi_env env = iso->env->env;
+  napi_handle_scope scope;
+  napi_value argv[2], result, exc;
+  prm_resolver_t* r = malloc(sizeof(*r));
+  napi_status st = napi_generic_failure;
+  if (r != NULL && napi_open_handle_scope(env, &scope) == napi_ok) {
+    r->iso = iso;
+    r->engine = engine;
+    iso->refs++;
+    st = napi_create_external(env, r, prm__resolver_finalize, NULL, &argv[1]);
+    if (st != napi_ok) prm__resolver_finalize(env, r, NULL);
+    if (st == napi_ok) st = napi_get_reference_value(env, t->ref, &argv[0]);
+    if (st == napi_ok)
+      st = prm__call(env, iso, iso->env->adopt, NULL, 2, argv, 0, &result);
+    if (st != napi_ok) napi_get_and_clear_last_exception(env, &exc);
+    napi_close_handle_scope(env, scope);
+  } else {
+    free(r);
+    cdn_engine_resolver_release(engine);
+  }
+  t->kind = ISO_TOKEN_HOST_PROMISE;
+  prm_token_release(t);
+}
+
+typedef struct {
+  prm_resolver_t* r;
+  int rejected;
+  cdn_value_t* value;
+} prm_settle_args_t;
+
+static int prm__settle_body(void* arg, cdn_value_t* out) {
+  prm_settle_args_t* a = arg;
+  (void)out;
+  return cdn_engine_resolver_settle(a->r->engine, a->rejected, a->value);
+}
+
+/* settleSandbox(resolver, rejected, value, timeoutMs) */
+static napi_value prm__js_settle(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  prm_settle_args_t a;
+  cdn_value_t value, out;
+  bool rejected;
+  double timeout;
+  int err;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CDN_CALL(env, napi_get_value_external(env, argv[0], (void**)&a.r));
+  CDN_CALL(env, napi_get_value_bool(env, argv[1], &rejected));
+  CDN_CALL(env, napi_get_value_double(env, argv[3], &timeout));
+  if (!iso_alive(a.r->iso))
+    return cdn_throw(env, a.r->iso->env, CDN_KDISPOSED, NULL);
+  CDN_CALL(env, val_from_napi(env, a.r->iso->env, argv[2], &value));
+  a.rejected = rejected;
+  a.value = &value;
+  err = iso_call(a.r->iso, timeout, prm__settle_body, &a, &out);
+  val_release(&value);
+  if (err != CDN_OK) return cdn_throw(env, a.r->iso->env, err, &out);
+  return NULL;
+}
+
+/* ---- delivery ------------------------------------------------------------ */
+
+void prm_deliver(iso_t* iso, cdn_settlement_t* list, size_t n) {
+  napi_env env = iso->env->env;
+  size_t i;
+  for (i = 0; i < n; i++) {
+    iso_token_t* t = list[i].token;
+    int state =
+        list[i].state == CDN_PROMISE_FULFILLED ? PRM_FULFILLED : PRM_REJECTED;
+    if (!iso->env->closing) prm__settle(env, iso, t, state, &list[i].value, 1);
+    cdn_value_free(&list[i].value);
+    napi_delete_reference(env, t->ref);
+    free(t);
+  }
+  free(list);
+}
+
+napi_value prm_init_exports(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"settleSandbox", NULL, prm__js_settle, NULL, NULL, NULL, napi_default,
+       NULL},
+  };
+  CDN_CALL(env, napi_define_properties(env, exports, 1, props));
+  return exports;
+}
