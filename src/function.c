@@ -45,9 +45,13 @@ napi_status fn_value_to_napi(napi_env env, iso_t* iso, cdn_value_t* v,
                              napi_value* out) {
   napi_value bytes, handles, names, lengths, h, s, n;
   size_t i;
-  if (v->kind != CDN_VAL_BYTES || v->nrefs == 0)
+  if (v->kind == CDN_VAL_REF) {
+    CDN_CHECK(napi_get_null(env, &bytes)); /* the value is refs[0] itself */
+  } else if (v->kind != CDN_VAL_BYTES || v->nrefs == 0) {
     return val_to_napi(env, v, out);
-  CDN_CHECK(napi_create_buffer_copy(env, v->len, v->u.bytes, NULL, &bytes));
+  } else {
+    CDN_CHECK(napi_create_buffer_copy(env, v->len, v->u.bytes, NULL, &bytes));
+  }
   CDN_CHECK(napi_create_array_with_length(env, v->nrefs, &handles));
   CDN_CHECK(napi_create_array_with_length(env, v->nrefs, &names));
   CDN_CHECK(napi_create_array_with_length(env, v->nrefs, &lengths));

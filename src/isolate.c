@@ -421,6 +421,7 @@ static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
   CDN_CALL(env, iso__set_num(env, obj, "functions", (double)hs.functions));
   CDN_CALL(env, iso__set_num(env, obj, "promises", (double)hs.promises));
   CDN_CALL(env, iso__set_num(env, obj, "resolvers", (double)hs.resolvers));
+  CDN_CALL(env, iso__set_num(env, obj, "tasksRun", (double)hs.tasks_run));
   return obj;
 }
 

@@ -48,7 +48,8 @@ napi_status val_to_napi(napi_env env, const cdn_value_t* v, napi_value* out) {
     case CDN_VAL_BYTES:
       return napi_create_buffer_copy(env, v->len, v->u.bytes, NULL, out);
     case CDN_VAL_ERROR:
-      break;
+    case CDN_VAL_REF:
+      break; /* fn_value_to_napi's and cdn_throw's */
   }
   return napi_invalid_arg;
 }

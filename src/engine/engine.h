@@ -65,7 +65,8 @@ typedef enum {
   CDN_VAL_LATIN1, /* str8, len */
   CDN_VAL_UTF16,  /* str16, len (in code units) */
   CDN_VAL_BYTES,  /* bytes, len: a serialised value */
-  CDN_VAL_ERROR   /* an Error: name, message, stack (UTF-8) */
+  CDN_VAL_ERROR,  /* an Error: name, message, stack (UTF-8) */
+  CDN_VAL_REF     /* out of the sandbox: a function or promise, refs[0] */
 } cdn_value_kind;
 
 typedef struct {
@@ -183,6 +184,7 @@ typedef struct {
   size_t functions;
   size_t promises;
   size_t resolvers;
+  uint64_t tasks_run; /* foreground tasks run so far */
 } cdn_heap_stats_t;
 
 /* With the lock held. */

@@ -144,6 +144,7 @@ struct cdn_engine_isolate_s {
   size_t functions = 0;
   size_t promises = 0;
   size_t resolvers = 0;
+  uint64_t tasks_run = 0;
   // Settled PromiseRecords waiting for the host loop. Under the lock; the
   // count is read by cdn_engine_has_work from any thread.
   std::vector<cordon::PromiseRecord*> settled;
@@ -155,6 +156,9 @@ struct cdn_engine_isolate_s {
 
   // A context user code never runs in: compiles unbound scripts.
   v8::Global<v8::Context> internal_context;
+  // Placeholders for references in serialised values: API objects with one
+  // internal field, which the serialiser hands to WriteHostObject.
+  v8::Global<v8::ObjectTemplate> placeholder;
 
   void Link(cordon::Record* r);
   void Unlink(cordon::Record* r);

@@ -214,6 +214,7 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
     for (Record* r : releases) delete r;
     while (iso->records != nullptr) delete iso->records;
     iso->internal_context.Reset();
+    iso->placeholder.Reset();
   }
   // As Node does for its workers: unregister right before Dispose, with no
   // lock held.
@@ -266,6 +267,7 @@ extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,
   HandleScope handle_scope(isolate);
   for (Record* r : releases) delete r;
   for (auto& task : tasks) {
+    iso->tasks_run++;
     task->Run();
     if (isolate->IsExecutionTerminating()) return CDN_ETERMINATED;
   }
@@ -290,6 +292,7 @@ extern "C" void cdn_engine_heap_stats(cdn_engine_isolate_t* iso,
   out->functions = iso->functions;
   out->promises = iso->promises;
   out->resolvers = iso->resolvers;
+  out->tasks_run = iso->tasks_run;
 }
 
 extern "C" void cdn_cache_result_free(cdn_cache_result_t* r) {

@@ -286,13 +286,12 @@ class Deserializer final : public v8::ValueDeserializer::Delegate {
 // A copy of a value in which functions are placeholders (see the top).
 class Shadower {
  public:
-  Shadower(Isolate* isolate, Local<Context> context)
+  Shadower(Isolate* isolate, Local<Context> context,
+           Local<v8::ObjectTemplate> placeholder)
       : isolate_(isolate),
         context_(context),
         seen_(v8::Map::New(isolate)),
-        template_(v8::ObjectTemplate::New(isolate)) {
-    template_->SetInternalFieldCount(1);
-  }
+        template_(placeholder) {}
 
   // What the placeholders stand for, by index: functions and promises.
   std::vector<Local<Object>>& refs() {
@@ -447,7 +446,13 @@ static int SerializeObject(Isolate* isolate, Local<Context> context,
   std::vector<Local<Object>> refs;
   if (!ok && !try_catch.HasTerminated() && link && link->rec != nullptr) {
     try_catch.Reset();
-    Shadower shadow(isolate, context);
+    cdn_engine_isolate_t* iso = link->rec->iso();
+    if (iso->placeholder.IsEmpty()) {
+      Local<v8::ObjectTemplate> t = v8::ObjectTemplate::New(isolate);
+      t->SetInternalFieldCount(1);
+      iso->placeholder.Reset(isolate, t);
+    }
+    Shadower shadow(isolate, context, iso->placeholder.Get(isolate));
     Local<Value> copy;
     if (shadow.Copy(value, 0).ToLocal(&copy) && !shadow.refs().empty()) {
       s = std::make_unique<Serializer>(isolate);
@@ -518,6 +523,12 @@ int ToHost(Isolate* isolate, Local<Context> context, Local<Value> value,
       s->Write(isolate, out->u.str16, 0, n, String::NO_NULL_TERMINATION);
     }
     out->len = static_cast<size_t>(n);
+  } else if ((value->IsFunction() || value->IsPromise()) && link &&
+             link->rec != nullptr) {
+    // A function or promise itself: a reference, with no serialisation.
+    std::vector<Local<Object>> refs{value.As<Object>()};
+    TakeRefs(isolate, context, refs, link, out);
+    out->kind = CDN_VAL_REF;
   } else {
     return SerializeObject(isolate, context, value, link, out);
   }
@@ -588,6 +599,8 @@ static bool FromHostValue(Isolate* isolate, Local<Context> context,
     case CDN_VAL_ERROR:
       ThrowInSandbox(isolate, in);
       return false;
+    case CDN_VAL_REF:
+      break;  // only ever leaves the sandbox
   }
   return false;
 }
