@@ -17,8 +17,16 @@ export interface HeapStatistics {
   contexts: number;
   /** Compiled scripts alive in the isolate. */
   scripts: number;
-  /** Host callbacks alive in the isolate. */
+    /** Host callbacks alive in the isolate. */
   callbacks: number;
+  /** Sandbox functions the host holds proxies of. */
+  functions: number;
+  /** Sandbox promises the host awaits. */
+  promises: number;
+  /** Host promises the sandbox awaits. */
+  resolvers: number;
+  /** Foreground tasks (GC, FinalizationRegistry, ...) run so far. */
+  tasksRun: number;
 }
 
 export interface RunOptions {
@@ -39,9 +47,45 @@ export interface RunOptions {
 export interface CreateContextOptions {
   /** The isolate to create the context in. Default: the default isolate. */
   isolate?: Isolate;
+  /**
+   * Default bound (ms) for runs in this context that give no timeout, and
+   * for calls of sandbox functions that come out of it. Default: none.
+   */
+  timeout?: number;
 }
 
-export interface ScriptOptions extends Omit<RunOptions, 'timeout'> {
+export interface CodeCacheOptions {
+  /** A code cache from `produceCachedData` or `createCachedData()`. */
+  cachedData?: ArrayBufferView;
+  /** Produce a code cache (as `cachedData` on the result). */
+  produceCachedData?: boolean;
+}
+
+export interface CompileFunctionOptions extends RunOptions, CodeCacheOptions {
+  /** The context to compile in. Default: a new context in the default isolate. */
+  parsingContext?: Context;
+  /** Objects whose properties are in scope of the body (copied in). */
+  contextExtensions?: object[];
+}
+
+/**
+ * A host proxy of a sandbox function: calling it copies the arguments in,
+ * runs the sandbox function under its timeout, and copies the result out.
+ * `this` is copied in like an argument.
+ */
+export interface SandboxFunction {
+  (...args: any[]): any;
+  readonly name: string;
+  readonly length: number;
+}
+
+export interface CompiledFunction extends SandboxFunction {
+  cachedDataProduced?: boolean;
+  cachedDataRejected?: boolean;
+  cachedData?: Buffer;
+}
+
+export interface ScriptOptions extends Omit<RunOptions, 'timeout'>, CodeCacheOptions {
   /** The isolate to compile the script in. Default: the default isolate. */
   isolate?: Isolate;
 }
@@ -67,8 +111,10 @@ export class Isolate {
 /** A handle to a context inside an isolate (not the global object itself). */
 export class Context {
   private constructor();
-  readonly isolate: Isolate;
+    readonly isolate: Isolate;
   readonly isDisposed: boolean;
+  /** The context's default timeout, if any. */
+  readonly timeout: number | undefined;
   /** Same as runInContext(code, this, options). */
   evaluate(code: string, options?: RunOptions | string): any;
   /** Free the context. Idempotent. */
@@ -77,8 +123,13 @@ export class Context {
 
 /** Code compiled once, runnable in any context of its isolate. */
 export class Script {
-  constructor(code: string, options?: ScriptOptions | string);
+    constructor(code: string, options?: ScriptOptions | string);
   readonly isolate: Isolate;
+  readonly cachedDataProduced?: boolean;
+  readonly cachedDataRejected?: boolean;
+  readonly cachedData?: Buffer;
+  /** A code cache of the script, for `cachedData` of a later compile. */
+  createCachedData(): Buffer;
   runInContext(context: Context, options?: Pick<RunOptions, 'timeout'>): any;
   runInNewContext(contextObject?: object, options?: Pick<RunOptions, 'timeout'>): any;
 }
@@ -96,8 +147,19 @@ export function runInNewContext(
   options?: (RunOptions & CreateContextOptions) | string,
 ): any;
 
+/**
+ * Compile a function body as node:vm's compileFunction does, in a sandbox
+ * context; every call of the result is bounded by `options.timeout`.
+ */
+export function compileFunction(code: string, params?: string[], options?: CompileFunctionOptions): CompiledFunction;
+
+/** Call a sandbox function with a receiver, arguments and a bound of its own. */
+export function apply(fn: SandboxFunction, thisArg: unknown, args?: unknown[], options?: { timeout?: number }): any;
+
 /** Counts of native records alive in this Node environment. */
-export function liveRecords(): { isolates: number; contexts: number; scripts: number; callbacks: number };
+export function liveRecords(): {
+  isolates: number; contexts: number; scripts: number; callbacks: number; functions: number;
+};
 
 /** The isolate the top-level functions use, created on first use. */
 export const defaultIsolate: Isolate;
