@@ -254,13 +254,7 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
 }
 
 extern "C" void cdn_engine_context_release(cdn_engine_context_t* ctx) {
-  auto* rec = reinterpret_cast<ContextRecord*>(ctx);
-  rec->iso()->tasks->PostRelease(rec);
-}
-
-extern "C" cdn_engine_isolate_t* cdn_engine_context_isolate(
-    cdn_engine_context_t* ctx) {
-  return reinterpret_cast<ContextRecord*>(ctx)->iso();
+  cdn_engine_ref_release(ctx);
 }
 
 extern "C" int cdn_engine_run(cdn_engine_context_t* ctx,
@@ -327,13 +321,7 @@ extern "C" int cdn_engine_script_cache(cdn_engine_script_t* script,
 }
 
 extern "C" void cdn_engine_script_release(cdn_engine_script_t* script) {
-  auto* rec = reinterpret_cast<ScriptRecord*>(script);
-  rec->iso()->tasks->PostRelease(rec);
-}
-
-extern "C" cdn_engine_isolate_t* cdn_engine_script_isolate(
-    cdn_engine_script_t* script) {
-  return reinterpret_cast<ScriptRecord*>(script)->iso();
+  cdn_engine_ref_release(script);
 }
 
 extern "C" int cdn_engine_script_run(cdn_engine_script_t* script,
@@ -474,8 +462,7 @@ extern "C" int cdn_engine_call(cdn_engine_function_t* fnp,
 }
 
 extern "C" void cdn_engine_function_release(cdn_engine_function_t* fn) {
-  auto* rec = reinterpret_cast<FunctionRecord*>(fn);
-  rec->iso()->tasks->PostRelease(rec);
+  cdn_engine_ref_release(fn);
 }
 
 extern "C" const char* cdn_engine_function_name(cdn_engine_function_t* fn) {
@@ -484,9 +471,4 @@ extern "C" const char* cdn_engine_function_name(cdn_engine_function_t* fn) {
 
 extern "C" int cdn_engine_function_length(cdn_engine_function_t* fn) {
   return reinterpret_cast<FunctionRecord*>(fn)->length;
-}
-
-extern "C" cdn_engine_isolate_t* cdn_engine_function_isolate(
-    cdn_engine_function_t* fn) {
-  return reinterpret_cast<FunctionRecord*>(fn)->iso();
 }

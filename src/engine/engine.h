@@ -267,8 +267,10 @@ int cdn_engine_call(cdn_engine_function_t* fn, const cdn_value_t* this_arg,
 /* Thread-safe, like cdn_engine_context_release. */
 void cdn_engine_function_release(cdn_engine_function_t* fn);
 
-/* Thread-safe: the kind of an out-reference, and its release. */
+/* Thread-safe: the kind of an out-reference. */
 cdn_ref_kind cdn_engine_ref_kind(void* ref);
+/* Thread-safe: release any engine record (a context, script, function,
+ * promise or resolver); it is freed the next time the lock is held. */
 void cdn_engine_ref_release(void* ref);
 /* With the lock held: the host takes a promise record and gives the token
  * hooks->settle receives. */
@@ -290,10 +292,6 @@ void cdn_engine_resolver_release(cdn_engine_resolver_t* r);
 /* Thread-safe: what the function was created with (UTF-8; immutable). */
 const char* cdn_engine_function_name(cdn_engine_function_t* fn);
 int cdn_engine_function_length(cdn_engine_function_t* fn);
-cdn_engine_isolate_t* cdn_engine_function_isolate(cdn_engine_function_t* fn);
-
-cdn_engine_isolate_t* cdn_engine_context_isolate(cdn_engine_context_t* ctx);
-cdn_engine_isolate_t* cdn_engine_script_isolate(cdn_engine_script_t* script);
 
 #ifdef __cplusplus
 }

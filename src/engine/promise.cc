@@ -227,6 +227,5 @@ extern "C" int cdn_engine_resolver_settle(cdn_engine_resolver_t* r,
 }
 
 extern "C" void cdn_engine_resolver_release(cdn_engine_resolver_t* r) {
-  auto* rec = reinterpret_cast<ResolverRecord*>(r);
-  rec->iso()->tasks->PostRelease(rec);
+  cdn_engine_ref_release(r);
 }
