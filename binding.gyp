@@ -12,10 +12,12 @@
         "src/context.c",
         "src/function.c",
         "src/isolate.c",
+        "src/module.c",
         "src/promise.c",
         "src/value.c",
         "src/watchdog.c",
         "src/engine/context.cc",
+        "src/engine/import.cc",
         "src/engine/isolate.cc",
         "src/engine/promise.cc",
         "src/engine/value.cc"

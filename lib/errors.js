@@ -76,4 +76,5 @@ module.exports = {
   withCode,
   invalidArgType,
   invalidArgValue,
+  describe,
 };

@@ -140,7 +140,7 @@ function adopt(promise, handle) {
   Promise.prototype.then.call(promise, (v) => settle(false, v), (e) => settle(true, e));
 }
 
-binding.setup(makeError, makeDeferred, adopt);
+binding.setup(makeError, makeDeferred, adopt, importHook);
 
 // ---- values and functions across the boundary -------------------------------
 
@@ -192,16 +192,19 @@ function decodeIn(context, result) {
 // Host proxies of sandbox functions, and what each one calls.
 const proxyTargets = new WeakMap();
 
-function makeProxy(handle, name, length, context, timeout) {
-  const target = { handle, context, timeout };
+function makeProxy(handle, name, length, context, timeout, target = {}) {
+  target.handle = handle;
+  target.context = context;
+  target.timeout = timeout;
   const proxy = {
         // A method: callable with any `this`, and not a constructor.
     [name](...args) {
             return callTarget(target, this, args, target.timeout ?? (context ? contextTimeout(context) : 0));
     },
   }[name];
-  Object.defineProperty(proxy, 'length', { value: length, configurable: true });
+    Object.defineProperty(proxy, 'length', { value: length, configurable: true });
   proxyTargets.set(proxy, target);
+  target.proxy = proxy; // for import(): the native side holds `target` weakly
   return proxy;
 }
 
@@ -287,6 +290,8 @@ function boundedRaw(context, fn) {
 let isolateHandle;
 let contextHandle;
 let contextTimeout;
+let contextImport;
+let contextModules;
 const kConstruct = Symbol('cordon.construct');
 
 class Isolate {
@@ -372,6 +377,8 @@ class Context {
   #handle;
   #isolate;
   #timeout;
+  #importCallback;
+  #modules = new Map(); // module map of import(): resolved key -> Module
   #disposed = false;
 
   static {
@@ -380,22 +387,25 @@ class Context {
       if (context.#isolate.isDisposed) throw new DisposedError();
       return context.#handle;
     };
-    contextTimeout = (context) => context.#timeout;
+        contextTimeout = (context) => context.#timeout;
+    contextImport = (context) => context.#importCallback;
+    contextModules = (context) => context.#modules;
   }
 
   static isContext(value) {
     return typeof value === 'object' && value !== null && #handle in value;
   }
 
-  constructor(token, isolate, timeout, contextObject) {
+    constructor(token, isolate, timeout, contextObject, importCallback) {
     if (token !== kConstruct) {
       throw withCode(new TypeError('Illegal constructor: use cordon.createContext()'),
         'ERR_ILLEGAL_CONSTRUCTOR');
     }
     this.#isolate = isolate;
     this.#timeout = timeout;
+    this.#importCallback = importCallback;
     const globals = encodeGlobals(this, contextObject);
-    this.#handle = boundedRaw(this, () => binding.contextNew(isolateHandle(isolate), globals));
+    this.#handle = boundedRaw(this, () => binding.contextNew(isolateHandle(isolate), globals, this));
   }
 
   get isolate() {
@@ -461,13 +471,23 @@ function encodeGlobals(context, contextObject) {
  * globals (copied); its functions become host callbacks.
  */
 function createContext(contextObject, options) {
-  if (contextObject === undefined) contextObject = {};
+    if (contextObject === undefined) contextObject = {};
   else validateObject(contextObject, 'contextObject');
   const opts = optionsObject(options, 'options');
   const isolate = isolateOption(opts);
   const timeout = validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout');
+  const importCallback = importOption(opts);
   if (isolate.isDisposed) throw new DisposedError();
-  return new Context(kConstruct, isolate, timeout, contextObject);
+  return new Context(kConstruct, isolate, timeout, contextObject, importCallback);
+}
+
+// options.importModuleDynamically: a function, or undefined.
+function importOption(opts) {
+  const cb = getOption(opts, 'importModuleDynamically', 'options.importModuleDynamically');
+  if (cb !== undefined && typeof cb !== 'function') {
+    throw errors.invalidArgType('options.importModuleDynamically', 'a function', cb);
+  }
+  return cb;
 }
 
 function isContext(value) {
@@ -511,16 +531,21 @@ function runInContext(code, context, options) {
   validateString(code, 'code');
   validateContext(context, 'contextifiedObject');
   const o = sourceOptions(options, 'options');
-  const handle = contextHandle(context);
+    const handle = contextHandle(context);
   const timeout = o.timeout || contextTimeout(context);
+  const importCallback = (typeof options === 'object' ? importOption(o.opts) : undefined) ??
+    contextImport(context);
   return bounded(context, timeout,
-    () => binding.run(handle, code, o.filename, o.lineOffset, o.columnOffset, timeout));
+    () => binding.run(handle, code, o.filename, o.lineOffset, o.columnOffset, timeout, importCallback));
 }
 
 function runInNewContext(code, contextObject, options) {
   validateString(code, 'code');
-  const { opts } = sourceOptions(options, 'options'); // validate before creating anything
-  const context = createContext(contextObject, { isolate: getOption(opts, 'isolate', 'options.isolate') });
+    const { opts } = sourceOptions(options, 'options'); // validate before creating anything
+  const context = createContext(contextObject, {
+    isolate: getOption(opts, 'isolate', 'options.isolate'),
+    importModuleDynamically: importOption(opts),
+  });
   try {
     return runInContext(code, context, opts);
   } finally {
@@ -559,14 +584,22 @@ class Script {
    * @param {object|string} [options] filename, lineOffset, columnOffset,
    *   cachedData, produceCachedData, isolate
    */
-  constructor(code, options) {
+    constructor(code, options) {
+    if (code === kConstruct) {
+      // A new handle to a script the sandbox still runs (import()'s
+      // referrer, when the host dropped its own).
+      this.#handle = options.handle;
+      this.#isolate = options.isolate;
+      return;
+    }
     validateString(code, 'code');
     const o = sourceOptions(options, 'options');
     const cache = cacheOptions(o.opts, 'options');
     const isolate = isolateOption(o.opts);
+    const importCallback = importOption(o.opts);
     this.#isolate = isolate;
     const [handle, rejected, produced] = boundedRaw(null, () => binding.scriptNew(isolateHandle(isolate), code,
-      o.filename, o.lineOffset, o.columnOffset, cache.cachedData, cache.produceCachedData));
+      o.filename, o.lineOffset, o.columnOffset, cache.cachedData, cache.produceCachedData, importCallback, this));
     this.#handle = handle;
     setCacheResult(this, cache, rejected, produced);
   }
@@ -621,11 +654,14 @@ function compileFunction(code, params, options) {
     extensions.forEach((e, i) => validateObject(e, `options.contextExtensions[${i}]`));
     extensions = encodeArg(context, extensions, 'options.contextExtensions');
   }
-  const handle = contextHandle(context);
+    const handle = contextHandle(context);
+  const importCallback = importOption(o.opts) ?? contextImport(context);
+  const target = {}; // held weakly by the native side, for import()'s referrer
   const [encoded, rejected, produced] = boundedRaw(context, () => binding.compileFunction(handle, code,
-    o.filename, o.lineOffset, o.columnOffset, params, extensions, cache.cachedData, cache.produceCachedData));
+    o.filename, o.lineOffset, o.columnOffset, params, extensions, cache.cachedData, cache.produceCachedData,
+    importCallback, target));
   const [, [fnHandle], [name], [length]] = encoded;
-  const fn = makeProxy(fnHandle, name, length, context, o.timeout || undefined);
+  const fn = makeProxy(fnHandle, name, length, context, o.timeout || undefined, target);
   setCacheResult(fn, cache, rejected, produced);
   return fn;
 }
@@ -645,6 +681,194 @@ function apply(fn, thisArg, args, options) {
   return callTarget(target, thisArg, args, timeout);
 }
 
+// ---- modules and import() ----------------------------------------------------
+
+let moduleHandle;
+let moduleImport;
+const DEFAULT_MODULE_FILENAME = 'module.mjs';
+
+/**
+ * An ES module compiled in a sandbox context. Its static imports, and
+ * import() in its code, go through its importModuleDynamically callback
+ * (or its context's), with the module as the referrer.
+ */
+class Module {
+  #handle;
+  #context;
+  #importCallback;
+  #filename;
+  #linked = null; // the promise of linking its graph, once started
+
+  static {
+    moduleHandle = (module) => module.#handle;
+    moduleImport = (module) => module.#importCallback ?? contextImport(module.#context);
+  }
+
+  /**
+   * @param {string} source
+   * @param {{ filename?: string, context?: Context, lineOffset?: number,
+   *   columnOffset?: number, importModuleDynamically?: Function }} [options]
+   */
+  constructor(source, options) {
+    validateString(source, 'source');
+    const opts = optionsObject(options, 'options');
+    let filename = getOption(opts, 'filename', 'options.filename');
+    if (filename === undefined) filename = DEFAULT_MODULE_FILENAME;
+    const o = sourceOptions({ ...opts, filename }, 'options');
+    let context = getOption(opts, 'context', 'options.context');
+    if (context === undefined) context = createContext();
+    else validateContext(context, 'options.context');
+    this.#context = context;
+    this.#filename = o.filename;
+    this.#importCallback = importOption(opts);
+    const handle = contextHandle(context);
+    this.#handle = boundedRaw(context, () => binding.moduleNew(handle, source, o.filename,
+      o.lineOffset, o.columnOffset, this.#importCallback ?? contextImport(context), this));
+  }
+
+  get context() {
+    return this.#context;
+  }
+
+  get filename() {
+    return this.#filename;
+  }
+
+  /**
+   * Load its static imports (through the import callback), link and
+   * evaluate it. Resolves when the module has run (top-level await
+   * included).
+   * @param {{ timeout?: number }} [options]
+   */
+  async evaluate(options) {
+    const opts = optionsObject(options, 'options');
+    const timeout = validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout') ||
+      contextTimeout(this.#context);
+    await linkModule(this);
+    await evaluateModule(this, timeout);
+  }
+
+  // The graph below this module, linked once (cycles included).
+  static link(module, seen) {
+    if (module.#linked === null) module.#linked = linkRequests(module, seen);
+    return module.#linked;
+  }
+}
+
+function missingCallback() {
+  return withCode(new TypeError('A dynamic import callback was not specified.'),
+    'ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING');
+}
+
+// What an import callback gave (maybe through a promise), as a Module of
+// `context`. Source text is compiled once per context and key.
+async function toModule(result, specifier, context, callback) {
+  if (result instanceof Module) {
+    if (result.context !== context) {
+      throw withCode(new TypeError(result.context.isolate === context.isolate
+        ? 'The import callback returned a module of another context'
+        : 'The import callback returned a module of another isolate'), 'ERR_VM_MODULE_DIFFERENT_CONTEXT');
+    }
+    return result;
+  }
+  let source;
+  let filename = specifier;
+  if (typeof result === 'string') {
+    source = result;
+  } else if (result !== null && typeof result === 'object' && typeof result.source === 'string') {
+    source = result.source;
+    if (result.filename !== undefined) {
+      validateString(result.filename, 'filename');
+      filename = result.filename;
+    }
+  } else {
+    throw withCode(new TypeError(
+      'The import callback must return module source, { source, filename } or a cordon.Module, ' +
+      `not ${errors.describe(result)}`), 'ERR_VM_INVALID_IMPORT_RESULT');
+  }
+  const modules = contextModules(context);
+  let module = modules.get(filename);
+  if (module === undefined) {
+    module = new Module(source, { filename, context, importModuleDynamically: callback });
+    modules.set(filename, module);
+  }
+  return module;
+}
+
+// Load and link the static imports of `module`, and theirs.
+async function linkRequests(module, seen) {
+  const context = module.context;
+  const requests = bounded(context, 0, () => binding.moduleRequests(moduleHandle(module)));
+  const callback = moduleImport(module);
+  for (let i = 0; i < requests.length; i++) {
+    if (callback === undefined) throw missingCallback();
+    const [specifier, attributes] = requests[i];
+    const dep = await toModule(await callback(specifier, module, attributes), specifier, context, callback);
+    binding.moduleLink(moduleHandle(module), i, moduleHandle(dep));
+    if (!seen.has(dep)) {
+      seen.add(dep);
+      await Module.link(dep, seen);
+    }
+  }
+}
+
+function linkModule(module) {
+  return Module.link(module, new Set([module]));
+}
+
+async function evaluateModule(module, timeout) {
+  const context = module.context;
+  // The evaluation promise (a sandbox promise) arrives as a host promise.
+  await bounded(context, timeout, () => binding.moduleEvaluate(moduleHandle(module), timeout));
+}
+
+// The referrer as the native side hands it over: the live host handle (a
+// proxy's target, a Script, a Module), or [kind, raw] for a new handle.
+function referrerOf(referrer, context) {
+  if (Array.isArray(referrer)) {
+    const [kind, raw] = referrer;
+    if (kind === 2) return decodeIn(context, raw);
+    return new Script(kConstruct, { handle: raw, isolate: context.isolate });
+  }
+  if (referrer !== null && typeof referrer === 'object' && typeof referrer.proxy === 'function') {
+    return referrer.proxy;
+  }
+  return referrer;
+}
+
+// Answer an import() with the module's namespace, or reject it.
+async function runImport(resolver, callback, specifier, referrer, attributes, context) {
+  const timeout = contextTimeout(context) || SETTLE_TIMEOUT;
+  try {
+    callback ??= contextImport(context);
+    if (callback === undefined) throw missingCallback();
+    const result = await callback(specifier, referrerOf(referrer, context), decodeIn(context, attributes));
+    const module = await toModule(result, specifier, context, callback);
+    await linkModule(module);
+    await evaluateModule(module, timeout);
+    boundedRaw(context, () => binding.importResolve(resolver, moduleHandle(module), timeout));
+  } catch (error) {
+    if (context.isDisposed) return; // the import() promise went with it
+    try {
+      boundedRaw(context, () => binding.settleSandbox(resolver, true, undefined, timeout, errorDescription(error)));
+    } catch {
+      // the sandbox stopped while reacting: nothing awaits it on the host
+    }
+  }
+}
+
+function errorDescription(error) {
+  const [, name, message, code] = errorTuple(error);
+  return [name, message, code];
+}
+
+// Called by the native layer for each import() in sandbox code.
+function importHook(resolver, callback, specifier, referrer, attributes, context) {
+  if (context === undefined) return; // its host Context is gone: nothing to answer with
+  // Later, from the host loop: the callback is host code, and may be slow.
+  Promise.resolve().then(() => runImport(resolver, callback, specifier, referrer, attributes, context));
+}
+
 /** Counts of native records alive in this environment (tests, leak checks). */
 function liveRecords() {
   return binding.liveRecords();
@@ -653,6 +877,7 @@ function liveRecords() {
 module.exports = {
   Isolate,
   Script,
+  Module,
   createContext,
   isContext,
   runInContext,

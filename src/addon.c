@@ -99,21 +99,24 @@ static void cdn__env_finalize(napi_env env, void* data, void* hint) {
   if (cenv->make_deferred != NULL)
     napi_delete_reference(env, cenv->make_deferred);
   if (cenv->adopt != NULL) napi_delete_reference(env, cenv->adopt);
+  if (cenv->import_hook != NULL) napi_delete_reference(env, cenv->import_hook);
   cenv->make_error = cenv->make_deferred = cenv->adopt = NULL;
+  cenv->import_hook = NULL;
   cdn_env_unref(cenv);
 }
 
-/* setup(makeError, makeDeferred, adopt): lib's hooks, once per
+/* setup(makeError, makeDeferred, adopt, importHook): lib's hooks, once per
  * environment. */
 static napi_value cdn__js_setup(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   cdn_env_t* cenv = cdn_env_get(env);
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CDN_ASSERT(cenv->make_error == NULL);
   CDN_CALL(env, napi_create_reference(env, argv[0], 1, &cenv->make_error));
   CDN_CALL(env, napi_create_reference(env, argv[1], 1, &cenv->make_deferred));
   CDN_CALL(env, napi_create_reference(env, argv[2], 1, &cenv->adopt));
+  CDN_CALL(env, napi_create_reference(env, argv[3], 1, &cenv->import_hook));
 
   return NULL;
 }
@@ -137,6 +140,7 @@ static napi_value cdn__init(napi_env env, napi_value exports) {
   if (ctx_init_exports(env, exports) == NULL) return NULL;
   if (fn_init_exports(env, exports) == NULL) return NULL;
   if (prm_init_exports(env, exports) == NULL) return NULL;
+  if (mod_init_exports(env, exports) == NULL) return NULL;
   return exports;
 }
 

@@ -7,23 +7,45 @@
 
 typedef struct {
   iso_t* iso;
-  cdn_engine_context_t* engine; /* NULL once disposed */
-} ctx_t;
-
-typedef struct {
-  iso_t* iso;
   cdn_engine_script_t* engine;
   uint64_t hash; /* of the source, for code caches */
 } ctx_script_t;
 
-napi_status ctx_source(napi_env env, napi_value* argv, napi_value cached,
-                       ctx_source_t* s) {
+/* The import callback and the referrer's handle as engine tokens. */
+static napi_status ctx__import_tokens(napi_env env, cdn_env_t* cenv,
+                                      napi_value* import, cdn_source_t* src) {
+  napi_valuetype type;
+  napi_ref weak;
+  iso_token_t* t;
+  CDN_CHECK(napi_typeof(env, import[0], &type));
+  if (type != napi_function) return napi_ok;
+  CDN_CHECK(
+      prm_token_new(cenv, ISO_TOKEN_IMPORT, import[0], &src->import_callback));
+  CDN_CHECK(napi_typeof(env, import[1], &type));
+  if (type != napi_object && type != napi_function) return napi_ok;
+  CDN_CHECK(napi_create_reference(env, import[1], 0, &weak));
+  t = malloc(sizeof(*t));
+  if (t == NULL) {
+    napi_delete_reference(env, weak);
+    return napi_generic_failure;
+  }
+  t->kind = ISO_TOKEN_WEAK;
+  t->cenv = cenv;
+  t->ref = weak;
+  src->import_handle = t;
+  return napi_ok;
+}
+
+napi_status ctx_source(napi_env env, cdn_env_t* cenv, napi_value* argv,
+                       napi_value cached, napi_value* import, ctx_source_t* s) {
   int32_t lo, co;
   uint16_t* code;
   uint16_t* file;
   napi_valuetype type;
   memset(&s->src, 0, sizeof(s->src));
   s->code_heap = s->file_heap = 0;
+  s->taken = 0;
+  if (import != NULL) CDN_CHECK(ctx__import_tokens(env, cenv, import, &s->src));
   CDN_CHECK(val_get_utf16(env, argv[0], s->code_buf, CTX_STACK_CODE, &code,
                           &s->src.code_len, &s->code_heap));
   s->src.code = code;
@@ -53,6 +75,12 @@ void ctx_source_free(ctx_source_t* s) {
   if (s->code_heap) free((void*)s->src.code);
   if (s->file_heap) free((void*)s->src.filename);
   s->code_heap = s->file_heap = 0;
+  if (!s->taken) {
+    if (s->src.import_callback != NULL)
+      prm_token_release(s->src.import_callback);
+    if (s->src.import_handle != NULL) prm_token_release(s->src.import_handle);
+  }
+  s->src.import_callback = s->src.import_handle = NULL;
 }
 
 static void* ctx__external(napi_env env, napi_value v) {
@@ -78,10 +106,12 @@ static napi_value ctx__result(napi_env env, iso_t* iso, int err,
 
 static void ctx__finalize(napi_env env, void* data, void* hint) {
   ctx_t* ctx = data;
-  (void)env;
   (void)hint;
-  if (ctx->engine != NULL && ctx->iso->engine != NULL)
+  if (ctx->engine != NULL && ctx->iso->engine != NULL) {
+    cdn_engine_context_set_host(ctx->engine, NULL);
     cdn_engine_context_release(ctx->engine);
+  }
+  if (ctx->self != NULL) napi_delete_reference(env, ctx->self);
   ctx->iso->env->n_contexts--;
   iso_unref(ctx->iso);
   free(ctx);
@@ -98,10 +128,11 @@ static int ctx__new_body(void* arg, cdn_value_t* out) {
   return cdn_engine_context_new(a->iso->engine, &a->globals, &a->result, out);
 }
 
-/* contextNew(isolate, globals) -> handle; globals encoded by lib/. */
+/* contextNew(isolate, globals, contextObject) -> handle; globals encoded by
+ * lib/, contextObject lib's Context (held weakly, for import()). */
 static napi_value ctx__js_new(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2], ext = NULL;
+  size_t argc = 3;
+  napi_value argv[3], ext = NULL;
   ctx_new_args_t a;
   cdn_value_t out;
   int err;
@@ -121,8 +152,11 @@ static napi_value ctx__js_new(napi_env env, napi_callback_info info) {
   }
   ctx->iso = a.iso;
   ctx->engine = a.result;
+  ctx->self = NULL;
   a.iso->refs++;
   a.iso->env->n_contexts++;
+  napi_create_reference(env, argv[2], 0, &ctx->self);
+  cdn_engine_context_set_host(ctx->engine, ctx);
   if (napi_create_external(env, ctx, ctx__finalize, NULL, &ext) != napi_ok) {
     ctx__finalize(env, ctx, NULL);
     CDN_CALL(env, napi_generic_failure);
@@ -137,8 +171,10 @@ static napi_value ctx__js_dispose(napi_env env, napi_callback_info info) {
   ctx_t* ctx;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   ctx = ctx__external(env, argv[0]);
-  if (ctx->engine != NULL && ctx->iso->engine != NULL)
+  if (ctx->engine != NULL && ctx->iso->engine != NULL) {
+    cdn_engine_context_set_host(ctx->engine, NULL);
     cdn_engine_context_release(ctx->engine);
+  }
   ctx->engine = NULL;
   return NULL;
 }
@@ -161,13 +197,15 @@ typedef struct {
 
 static int ctx__run_body(void* arg, cdn_value_t* out) {
   ctx_run_args_t* a = arg;
+  a->source->taken = 1;
   return cdn_engine_run(a->ctx, &a->source->src, out);
 }
 
-/* run(context, code, filename, lineOffset, columnOffset, timeoutMs) */
+/* run(context, code, filename, lineOffset, columnOffset, timeoutMs,
+ *     importCallback) */
 static napi_value ctx__js_run(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
+  size_t argc = 7;
+  napi_value argv[7], import[2];
   ctx_source_t source;
   ctx_run_args_t a;
   cdn_value_t out;
@@ -178,7 +216,9 @@ static napi_value ctx__js_run(napi_env env, napi_callback_info info) {
   a.ctx = ctx_live(env, argv[0], &iso);
   if (a.ctx == NULL) return NULL;
   CDN_CALL(env, napi_get_value_double(env, argv[5], &timeout));
-  if (ctx_source(env, argv + 1, NULL, &source) != napi_ok) {
+  import[0] = argv[6];
+  CDN_CALL(env, napi_get_undefined(env, &import[1]));
+  if (ctx_source(env, iso->env, argv + 1, NULL, import, &source) != napi_ok) {
     ctx_source_free(&source);
     CDN_CALL(env, napi_generic_failure);
   }
@@ -212,27 +252,38 @@ typedef struct {
 
 static int ctx__script_new_body(void* arg, cdn_value_t* out) {
   ctx_script_new_args_t* a = arg;
+  a->source->taken = 1;
   return cdn_engine_script_new(a->iso->engine, &a->source->src, &a->result, out,
                                &a->cache);
 }
 
-static napi_value ctx__script_result(napi_env env, ctx_script_new_args_t* a) {
-  napi_value ext, rejected, buf, result;
+static napi_status ctx__script_wrap(napi_env env, iso_t* iso,
+                                    cdn_engine_script_t* engine, uint64_t hash,
+                                    napi_value* out) {
+  napi_status st;
   ctx_script_t* s = malloc(sizeof(*s));
   if (s == NULL) {
-    cdn_engine_script_release(a->result);
-    CDN_CALL(env, napi_generic_failure);
+    cdn_engine_script_release(engine);
+    return napi_generic_failure;
   }
-  s->iso = a->iso;
-  s->engine = a->result;
-  s->hash = a->hash;
-  a->iso->refs++;
-  a->iso->env->n_scripts++;
-  if (napi_create_external(env, s, ctx__script_finalize, NULL, &ext) !=
-      napi_ok) {
-    ctx__script_finalize(env, s, NULL);
-    CDN_CALL(env, napi_generic_failure);
-  }
+  s->iso = iso;
+  s->engine = engine;
+  s->hash = hash;
+  iso->refs++;
+  iso->env->n_scripts++;
+  st = napi_create_external(env, s, ctx__script_finalize, NULL, out);
+  if (st != napi_ok) ctx__script_finalize(env, s, NULL);
+  return st;
+}
+
+napi_status ctx_script_handle(napi_env env, iso_t* iso,
+                              cdn_engine_script_t* engine, napi_value* out) {
+  return ctx__script_wrap(env, iso, engine, 0, out);
+}
+
+static napi_value ctx__script_result(napi_env env, ctx_script_new_args_t* a) {
+  napi_value ext, rejected, buf, result;
+  CDN_CALL(env, ctx__script_wrap(env, a->iso, a->result, a->hash, &ext));
   CDN_CALL(env,
            napi_create_int32(env, a->accepted < 0 ? 1 : a->cache.cache_rejected,
                              &rejected));
@@ -246,10 +297,11 @@ static napi_value ctx__script_result(napi_env env, ctx_script_new_args_t* a) {
 }
 
 /* scriptNew(isolate, code, filename, lineOffset, columnOffset, cachedData,
- *           produceCachedData) -> [handle, cacheRejected, cacheBuffer] */
+ *           produceCachedData, importCallback, referrerHandle)
+ *   -> [handle, cacheRejected, cacheBuffer] */
 static napi_value ctx__js_script_new(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7], result;
+  size_t argc = 9;
+  napi_value argv[9], result;
   ctx_source_t source;
   ctx_script_new_args_t a;
   cdn_value_t out;
@@ -260,7 +312,8 @@ static napi_value ctx__js_script_new(napi_env env, napi_callback_info info) {
   a.iso = iso_from_handle(env, argv[0]);
   if (!iso_alive(a.iso)) return cdn_throw(env, a.iso->env, CDN_KDISPOSED, NULL);
   CDN_CALL(env, napi_get_value_bool(env, argv[6], &produce));
-  if (ctx_source(env, argv + 1, argv[5], &source) != napi_ok) {
+  if (ctx_source(env, a.iso->env, argv + 1, argv[5], argv + 7, &source) !=
+      napi_ok) {
     ctx_source_free(&source);
     CDN_CALL(env, napi_generic_failure);
   }

@@ -56,7 +56,9 @@ typedef struct iso_s iso_t;
 enum {
   ISO_TOKEN_CALLBACK = 1, /* a host function the sandbox calls */
   ISO_TOKEN_HOST_PROMISE, /* a host promise the sandbox awaits */
-  ISO_TOKEN_WATCH         /* lib's deferred for a sandbox promise */
+  ISO_TOKEN_WATCH,        /* lib's deferred for a sandbox promise */
+  ISO_TOKEN_IMPORT,       /* an import callback (strong) */
+  ISO_TOKEN_WEAK          /* a referrer's host handle (weak) */
 };
 typedef struct {
   int kind;
@@ -91,6 +93,7 @@ struct cdn_env_s {
   napi_ref make_error;    /* lib's (kind, name, message, stack, value, code) */
   napi_ref make_deferred; /* lib's () -> { promise, settle(...) } */
   napi_ref adopt;         /* lib's (hostPromise, resolverHandle) */
+  napi_ref import_hook;   /* lib's import(): see module.c */
   /* live host records, for tests */
   int64_t n_isolates;
   int64_t n_contexts;
@@ -138,6 +141,13 @@ iso_t* iso_from_handle(napi_env env, napi_value v);
 #define CTX_STACK_CODE 512
 #define CTX_STACK_FILE 128
 
+/* The host record of a context (the engine's host pointer for it). */
+typedef struct {
+  iso_t* iso;
+  cdn_engine_context_t* engine; /* NULL once disposed */
+  napi_ref self;                /* lib's Context, weakly */
+} ctx_t;
+
 /* A source text pulled out of JS arguments. */
 typedef struct {
   cdn_source_t src;
@@ -145,18 +155,28 @@ typedef struct {
   uint16_t file_buf[CTX_STACK_FILE];
   int code_heap;
   int file_heap;
+  int taken; /* the engine took the import tokens */
 } ctx_source_t;
 
 /* argv: code, filename, lineOffset, columnOffset; `cached` (or NULL) a
- * Uint8Array of code cache or undefined. Free with ctx_source_free(),
- * whatever this returned. */
-napi_status ctx_source(napi_env env, napi_value* argv, napi_value cached,
-                       ctx_source_t* s);
+ * Uint8Array of code cache or undefined; `import` (or NULL) the import
+ * callback and argv[5] of it the referrer's handle, to be held weakly.
+ * Free with ctx_source_free(), whatever this returned. */
+napi_status ctx_source(napi_env env, cdn_env_t* cenv, napi_value* argv,
+                       napi_value cached, napi_value* import, ctx_source_t* s);
 void ctx_source_free(ctx_source_t* s);
 /* The engine context behind a context handle; NULL after throwing
  * ERR_ISOLATE_DISPOSED if it or its isolate is gone. */
 cdn_engine_context_t* ctx_live(napi_env env, napi_value v, iso_t** iso);
 napi_value ctx_init_exports(napi_env env, napi_value exports);
+/* A Script handle for lib/ around an engine script record. */
+napi_status ctx_script_handle(napi_env env, iso_t* iso,
+                              cdn_engine_script_t* engine, napi_value* out);
+
+/* module.c */
+/* hooks->import */
+void mod_import(iso_t* iso, cdn_import_t* req);
+napi_value mod_init_exports(napi_env env, napi_value exports);
 
 /* value.c */
 /* A JS string as UTF-16. Uses `stack_buf` (of `stack_len` units) when it
@@ -191,6 +211,11 @@ void prm_token_release(iso_token_t* t);
  * is now lib's deferred). */
 napi_status prm_watch(napi_env env, iso_t* iso, cdn_engine_promise_t* p,
                       napi_value* out);
+/* A handle for lib/ that owns a resolver record. */
+napi_status prm_resolver_handle(napi_env env, iso_t* iso,
+                                cdn_engine_resolver_t* engine, napi_value* out);
+cdn_engine_resolver_t* prm_resolver_engine(napi_env env, napi_value v,
+                                           iso_t** iso);
 /* hooks->adopt: lib settles `engine` when the host promise settles. */
 void prm_adopt(iso_t* iso, iso_token_t* t, cdn_engine_resolver_t* engine);
 /* Deliver settlements taken from the engine (and free the list). */

@@ -162,6 +162,7 @@ done:
 
 typedef struct {
   void* ctx; /* cdn_engine_context_t* */
+  ctx_source_t* source;
   cdn_source_t* src;
   cdn_param_t* params;
   size_t nparams;
@@ -171,16 +172,18 @@ typedef struct {
 
 static int fn__compile_body(void* arg, cdn_value_t* out) {
   fn_compile_args_t* a = arg;
+  a->source->taken = 1;
   return cdn_engine_compile_function(a->ctx, a->src, a->params, a->nparams,
                                      a->extensions, out, a->cache);
 }
 
 /* compileFunction(context, code, filename, lineOffset, columnOffset,
- *                 params[], extensions, cachedData, produceCachedData)
+ *                 params[], extensions, cachedData, produceCachedData,
+ *                 importCallback, referrerHandle)
  *   -> [functionValue, cacheRejected, cacheBuffer] */
 static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
-  napi_value argv[9], result = NULL, v;
+  size_t argc = 11;
+  napi_value argv[11], result = NULL, v;
   ctx_source_t source;
   fn_compile_args_t a;
   cdn_value_t out, extensions;
@@ -199,7 +202,8 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
   CDN_CALL(env, napi_get_value_bool(env, argv[8], &produce));
   a.params = calloc(n > 0 ? n : 1, sizeof(cdn_param_t));
   if (a.params == NULL) CDN_CALL(env, napi_generic_failure);
-  st = ctx_source(env, argv + 1, argv[7], &source);
+  st = ctx_source(env, iso->env, argv + 1, argv[7], argv + 9, &source);
+  a.source = &source;
   for (i = 0; i < n && st == napi_ok; i++) {
     uint16_t* s;
     int heap;

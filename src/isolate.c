@@ -220,6 +220,11 @@ static void iso__release(void* data, void* p) {
   free(t);
 }
 
+/* Host thread, inside a run: sandbox code called import(). */
+static void iso__import(void* data, cdn_import_t* req) {
+  mod_import(data, req);
+}
+
 /* Host thread, inside a run: the sandbox awaits a host promise. */
 static void iso__adopt(void* data, void* token,
                        cdn_engine_resolver_t* resolver) {
@@ -265,6 +270,7 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
   hooks.call = iso__call;
   hooks.release = iso__release;
   hooks.adopt = iso__adopt;
+  hooks.import = iso__import;
   if (cdn_engine_isolate_new(&opts, &hooks, &iso->engine) != CDN_OK) {
     iso->engine = NULL;
     wake->iso = NULL;
@@ -421,6 +427,8 @@ static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
   CDN_CALL(env, iso__set_num(env, obj, "functions", (double)hs.functions));
   CDN_CALL(env, iso__set_num(env, obj, "promises", (double)hs.promises));
   CDN_CALL(env, iso__set_num(env, obj, "resolvers", (double)hs.resolvers));
+  CDN_CALL(env, iso__set_num(env, obj, "modules", (double)hs.modules));
+  CDN_CALL(env, iso__set_num(env, obj, "importHosts", (double)hs.import_hosts));
   CDN_CALL(env, iso__set_num(env, obj, "tasksRun", (double)hs.tasks_run));
   return obj;
 }

@@ -130,28 +130,47 @@ static void prm__resolver_finalize(napi_env env, void* data, void* hint) {
   free(r);
 }
 
+napi_status prm_resolver_handle(napi_env env, iso_t* iso,
+                                cdn_engine_resolver_t* engine,
+                                napi_value* out) {
+  napi_status st;
+  prm_resolver_t* r = malloc(sizeof(*r));
+  if (r == NULL) {
+    cdn_engine_resolver_release(engine);
+    return napi_generic_failure;
+  }
+  r->iso = iso;
+  r->engine = engine;
+  iso->refs++;
+  st = napi_create_external(env, r, prm__resolver_finalize, NULL, out);
+  if (st != napi_ok) prm__resolver_finalize(env, r, NULL);
+  return st;
+}
+
+cdn_engine_resolver_t* prm_resolver_engine(napi_env env, napi_value v,
+                                           iso_t** iso) {
+  prm_resolver_t* r = NULL;
+  napi_get_value_external(env, v, (void**)&r);
+  CDN_ASSERT(r != NULL);
+  *iso = r->iso;
+  return r->engine;
+}
+
 void prm_adopt(iso_t* iso, iso_token_t* t, cdn_engine_resolver_t* engine) {
   napi_env env = iso->env->env;
   napi_handle_scope scope;
   napi_value argv[2], result, exc;
-  prm_resolver_t* r = malloc(sizeof(*r));
-  napi_status st = napi_generic_failure;
-  if (r != NULL && napi_open_handle_scope(env, &scope) == napi_ok) {
-    r->iso = iso;
-    r->engine = engine;
-    iso->refs++;
-    st = napi_create_external(env, r, prm__resolver_finalize, NULL, &argv[1]);
-    if (st != napi_ok) prm__resolver_finalize(env, r, NULL);
+  napi_status st;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) {
+    cdn_engine_resolver_release(engine);
+  } else {
+    st = prm_resolver_handle(env, iso, engine, &argv[1]);
     if (st == napi_ok) st = napi_get_reference_value(env, t->ref, &argv[0]);
     if (st == napi_ok)
       st = prm__call(env, iso, iso->env->adopt, NULL, 2, argv, 0, &result);
     if (st != napi_ok) napi_get_and_clear_last_exception(env, &exc);
     napi_close_handle_scope(env, scope);
-  } else {
-    free(r);
-    cdn_engine_resolver_release(engine);
   }
-  t->kind = ISO_TOKEN_HOST_PROMISE;
   prm_token_release(t);
 }
 
@@ -167,10 +186,31 @@ static int prm__settle_body(void* arg, cdn_value_t* out) {
   return cdn_engine_resolver_settle(a->r->engine, a->rejected, a->value);
 }
 
-/* settleSandbox(resolver, rejected, value, timeoutMs) */
+/* An error description from lib/: [name, message, code]. */
+static napi_status prm__error(napi_env env, napi_value desc, cdn_value_t* v) {
+  napi_value part;
+  napi_valuetype type;
+  char** slots[3] = {&v->name, &v->message, &v->code};
+  size_t n;
+  int i;
+  memset(v, 0, sizeof(*v));
+  v->kind = CDN_VAL_ERROR;
+  for (i = 0; i < 3; i++) {
+    CDN_CHECK(napi_get_element(env, desc, (uint32_t)i, &part));
+    CDN_CHECK(napi_typeof(env, part, &type));
+    if (type != napi_string) continue;
+    CDN_CHECK(napi_get_value_string_utf8(env, part, NULL, 0, &n));
+    if ((*slots[i] = malloc(n + 1)) == NULL) return napi_generic_failure;
+    CDN_CHECK(napi_get_value_string_utf8(env, part, *slots[i], n + 1, &n));
+  }
+  return napi_ok;
+}
+
+/* settleSandbox(resolver, rejected, value, timeoutMs, errorDescription) */
 static napi_value prm__js_settle(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_valuetype desc_type;
   prm_settle_args_t a;
   cdn_value_t value, out;
   bool rejected;
@@ -182,7 +222,14 @@ static napi_value prm__js_settle(napi_env env, napi_callback_info info) {
   CDN_CALL(env, napi_get_value_double(env, argv[3], &timeout));
   if (!iso_alive(a.r->iso))
     return cdn_throw(env, a.r->iso->env, CDN_KDISPOSED, NULL);
-  CDN_CALL(env, val_from_napi(env, a.r->iso->env, argv[2], &value));
+  CDN_CALL(env, napi_typeof(env, argv[4], &desc_type));
+  if (desc_type == napi_object) {
+    napi_status st = prm__error(env, argv[4], &value);
+    if (st != napi_ok) cdn_value_free(&value);
+    CDN_CALL(env, st);
+  } else {
+    CDN_CALL(env, val_from_napi(env, a.r->iso->env, argv[2], &value));
+  }
   a.rejected = rejected;
   a.value = &value;
   err = iso_call(a.r->iso, timeout, prm__settle_body, &a, &out);

@@ -106,10 +106,12 @@ Local<String> MakeString(Isolate* isolate, const uint16_t* s, size_t n) {
 // ScriptCompiler::Source.
 class SourceText {
  public:
-  SourceText(Isolate* isolate, const cdn_source_t* src)
+  SourceText(Isolate* isolate, const cdn_source_t* src,
+             Local<v8::PrimitiveArray> host_options)
       : code_(MakeString(isolate, src->code, src->code_len)),
         origin_(isolate, MakeString(isolate, src->filename, src->filename_len),
-                src->line_offset, src->column_offset),
+                src->line_offset, src->column_offset, false, -1, Local<Value>(),
+                false, false, false, host_options),
         source_(code_, origin_, Cache(src)) {}
 
   ScriptCompiler::Source* source() {
@@ -226,6 +228,7 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
     return CDN_EINTERNAL;
   }
   auto* rec = new ContextRecord(iso);
+  context->SetAlignedPointerInEmbedderData(cordon::kContextRecordSlot, rec);
   Context::Scope context_scope(context);
   TryCatch try_catch(isolate);
   if (in.kind == CDN_VAL_BYTES) {
@@ -267,13 +270,18 @@ extern "C" int cdn_engine_run(cdn_engine_context_t* ctx,
   Context::Scope context_scope(context);
   TryCatch try_catch(isolate);
   *out = cdn_value_t{};
-  SourceText text(isolate, src);
+  Local<v8::Symbol> symbol;
+  SourceText text(isolate, src,
+                  cordon::NewImportOptions(isolate, src, &symbol));
   Local<v8::Script> script;
   if (!ScriptCompiler::Compile(context, text.source()).ToLocal(&script)) {
+    cordon::ReleaseImportTokens(iso, src);
     return cordon::Status(
         iso, cordon::ExceptionToHost(isolate, context, &try_catch, true,
                                      rec->link, out));
   }
+  cordon::AttachImport(iso, symbol, src, CDN_REFERRER_SCRIPT, Local<Value>(),
+                       script->GetUnboundScript(), Local<v8::Module>());
   return cordon::Status(iso, cordon::RunBound(isolate, context, &try_catch,
                                               script, rec->link, out));
 }
@@ -290,15 +298,20 @@ extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
   TryCatch try_catch(isolate);
   *err = cdn_value_t{};
   *cache = cdn_cache_result_t{};
-  SourceText text(isolate, src);
+  Local<v8::Symbol> symbol;
+  SourceText text(isolate, src,
+                  cordon::NewImportOptions(isolate, src, &symbol));
   Local<v8::UnboundScript> script;
   if (!ScriptCompiler::CompileUnboundScript(isolate, text.source(),
                                             text.options())
            .ToLocal(&script)) {
+    cordon::ReleaseImportTokens(iso, src);
     return cordon::Status(
         iso, cordon::ExceptionToHost(isolate, context, &try_catch, true,
                                      nullptr, err));
   }
+  cordon::AttachImport(iso, symbol, src, CDN_REFERRER_SCRIPT, Local<Value>(),
+                       script, Local<v8::Module>());
   text.Report(cache);
   if (src->produce_cached_data) {
     cordon::TakeCache(ScriptCompiler::CreateCodeCache(script), &cache->cache,
@@ -364,6 +377,7 @@ extern "C" int cdn_engine_compile_function(
     cdn_value_t in = *extensions;
     Local<Value> v;
     if (!cordon::FromHost(isolate, context, &in, rec->link, &v)) {
+      cordon::ReleaseImportTokens(iso, src);
       return cordon::Status(
           iso, cordon::ExceptionToHost(isolate, context, &try_catch, false,
                                        rec->link, out));
@@ -375,16 +389,21 @@ extern "C" int cdn_engine_compile_function(
       scopes.push_back(e.As<Object>());
     }
   }
-  SourceText text(isolate, src);
+  Local<v8::Symbol> symbol;
+  SourceText text(isolate, src,
+                  cordon::NewImportOptions(isolate, src, &symbol));
   Local<v8::Function> fn;
   if (!ScriptCompiler::CompileFunction(context, text.source(), names.size(),
                                        names.data(), scopes.size(),
                                        scopes.data(), text.options())
            .ToLocal(&fn)) {
+    cordon::ReleaseImportTokens(iso, src);
     return cordon::Status(
         iso, cordon::ExceptionToHost(isolate, context, &try_catch, true,
                                      rec->link, out));
   }
+  cordon::AttachImport(iso, symbol, src, CDN_REFERRER_FUNCTION, fn,
+                       Local<v8::UnboundScript>(), Local<v8::Module>());
   text.Report(cache);
   if (src->produce_cached_data) {
     cordon::TakeCache(ScriptCompiler::CreateCodeCacheForFunction(fn),

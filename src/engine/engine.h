@@ -40,6 +40,15 @@ typedef struct cdn_engine_script_s cdn_engine_script_t;
 typedef struct cdn_engine_function_s cdn_engine_function_t;
 typedef struct cdn_engine_promise_s cdn_engine_promise_t;
 typedef struct cdn_engine_resolver_s cdn_engine_resolver_t;
+typedef struct cdn_engine_module_s cdn_engine_module_t;
+
+/* What code that calls import() was compiled as. */
+typedef enum {
+  CDN_REFERRER_NONE = 0,
+  CDN_REFERRER_SCRIPT,
+  CDN_REFERRER_FUNCTION,
+  CDN_REFERRER_MODULE
+} cdn_referrer_kind;
 
 /* What a reference in a value is. Out of the sandbox: a function or a
  * promise record. Into it (host objects 13 and 14): a host callback or a
@@ -100,6 +109,23 @@ typedef struct {
 /* Frees what the value owns, releasing untaken function references. */
 void cdn_value_free(cdn_value_t* v);
 
+/* A dynamic import() for the host to serve. The host answers by settling
+ * `resolver`: cdn_engine_import_resolve with a module, or
+ * cdn_engine_resolver_settle to reject. */
+typedef struct {
+  void* callback; /* borrowed host token: the compilation's import callback,
+                     NULL when it has none */
+  void* handle;   /* borrowed weak host token: the referrer's host handle */
+  cdn_referrer_kind kind;
+  void* referrer;         /* the referrer's record: a new function or script
+                             record (the host's to take or release), or the
+                             module's own record (borrowed) */
+  void* context_host;     /* the host pointer of the importing context */
+  cdn_value_t specifier;  /* a string */
+  cdn_value_t attributes; /* an object */
+  cdn_engine_resolver_t* resolver; /* the host's */
+} cdn_import_t;
+
 /* Hooks through which the engine reaches the host. Given once per isolate. */
 typedef struct {
   void* data;
@@ -119,6 +145,9 @@ typedef struct {
    * host settles it with cdn_engine_resolver_settle and owns the resolver
    * (cdn_engine_resolver_release). Called like `call`. */
   void (*adopt)(void* data, void* token, cdn_engine_resolver_t* resolver);
+  /* Sandbox code called import(). Called like `call`; the host must not
+   * run sandbox code before returning (it answers later). */
+  void (*import)(void* data, cdn_import_t* request);
 } cdn_host_hooks_t;
 
 /* A watched sandbox promise that settled (or was abandoned). `value` is its
@@ -184,6 +213,8 @@ typedef struct {
   size_t functions;
   size_t promises;
   size_t resolvers;
+  size_t modules;
+  size_t import_hosts;
   uint64_t tasks_run; /* foreground tasks run so far */
 } cdn_heap_stats_t;
 
@@ -213,6 +244,11 @@ typedef struct {
   const uint8_t* cached_data;
   size_t cached_len;
   int produce_cached_data;
+  /* Host tokens for import() in this code: the callback (strong) and the
+   * referrer's host handle (weak); NULL for none. The engine takes both,
+   * whatever happens, and releases them when the compiled code is gone. */
+  void* import_callback;
+  void* import_handle;
 } cdn_source_t;
 
 /* What compiling with a code cache reports. `cache` is malloc'd. */
@@ -258,6 +294,30 @@ int cdn_engine_compile_function(cdn_engine_context_t* ctx,
                                 const cdn_param_t* params, size_t nparams,
                                 const cdn_value_t* extensions, cdn_value_t* out,
                                 cdn_cache_result_t* cache);
+
+/* The host's pointer for a context, handed back in cdn_import_t. */
+void cdn_engine_context_set_host(cdn_engine_context_t* ctx, void* host);
+
+/* With the lock held: compile an ES module in `ctx`; its filename is
+ * import.meta.url. */
+int cdn_engine_module_new(cdn_engine_context_t* ctx, const cdn_source_t* src,
+                          cdn_engine_module_t** out, cdn_value_t* err);
+/* With the lock held: the module's static imports, as a value:
+ * [[specifier, attributes], ...]. */
+int cdn_engine_module_requests(cdn_engine_module_t* m, cdn_value_t* out);
+/* With the lock held: request `index` of `m` resolves to `target`, which
+ * must stay alive until `m` is instantiated. */
+void cdn_engine_module_link(cdn_engine_module_t* m, size_t index,
+                            cdn_engine_module_t* target);
+/* With the lock held: instantiate (once every module of the graph is
+ * linked), then evaluate; `out` is the evaluation promise. */
+int cdn_engine_module_evaluate(cdn_engine_module_t* m, cdn_value_t* out);
+/* With the lock held: resolve an import() with an evaluated module's
+ * namespace (or reject it with the module's error). */
+int cdn_engine_import_resolve(cdn_engine_resolver_t* r, cdn_engine_module_t* m);
+/* Nonzero if both share a context. */
+int cdn_engine_module_in_context(cdn_engine_module_t* m,
+                                 cdn_engine_context_t* ctx);
 
 /* With the lock held: call a sandbox function with `argc` values. The
  * engine takes the refs of this_arg and of every argument. */

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <node.h>
@@ -20,6 +21,10 @@
 namespace cordon {
 
 class PromiseRecord;
+class ModuleRecord;
+
+// The embedder-data slot of a context that points at its ContextRecord.
+constexpr int kContextRecordSlot = 1;
 
 // Monotonic nanoseconds, for due times of delayed tasks.
 inline uint64_t NowNs() {
@@ -144,6 +149,16 @@ struct cdn_engine_isolate_s {
   size_t functions = 0;
   size_t promises = 0;
   size_t resolvers = 0;
+  size_t modules = 0;
+  size_t import_hosts = 0;
+  std::unordered_multimap<int, cordon::ModuleRecord*> module_index;
+  // import(): Symbol -> record, with WeakMap.prototype.get/set of the
+  // internal context, and the record objects' template.
+  v8::Global<v8::Object> import_map;
+  v8::Global<v8::Function> import_get;
+  v8::Global<v8::Function> import_set;
+  v8::Global<v8::Private> import_key;
+  v8::Global<v8::ObjectTemplate> import_template;
   uint64_t tasks_run = 0;
   // Settled PromiseRecords waiting for the host loop. Under the lock; the
   // count is read by cdn_engine_has_work from any thread.
@@ -184,6 +199,7 @@ class ContextRecord final : public Record {
 
   v8::Global<v8::Context> context;
   std::shared_ptr<ContextLink> link;
+  void* host = nullptr;  // cdn_engine_context_set_host
 };
 
 class ScriptRecord final : public Record {
@@ -270,6 +286,60 @@ class ResolverRecord final : public Record {
   std::shared_ptr<ContextLink> link;
 };
 
+// An ES module. Indexed by identity hash on its isolate, for V8's resolve
+// and import.meta callbacks, which hand back only the v8::Module.
+class ModuleRecord final : public Record {
+ public:
+  ModuleRecord(cdn_engine_isolate_t* iso, std::shared_ptr<ContextLink> l);
+  ~ModuleRecord() override;
+
+  v8::Global<v8::Module> module;
+  std::shared_ptr<ContextLink> link;
+  std::string filename;
+  int hash = 0;
+  // What each static import (by request index) resolves to, until
+  // instantiation.
+  std::vector<ModuleRecord*> resolved;
+  std::vector<std::string> specifiers;
+};
+
+// The host side of import() for one compilation (DESIGN.md rules 1-3).
+// Its sandbox half is a record object in the isolate's internal context,
+// the value of Symbol -> record in the isolate's WeakMap, holding the
+// referrer (a traced edge) and this native part; the Symbol is the
+// compilation's host-defined option, which V8 keeps alive while any of its
+// functions can run. When the sandbox collects the record object, this
+// part is released, and the host tokens with it.
+class ImportHost final : public Record {
+ public:
+  ImportHost(cdn_engine_isolate_t* iso, void* cb, void* h, cdn_referrer_kind k)
+      : Record(iso), callback(cb), handle(h), kind(k) {
+    iso->import_hosts++;
+  }
+  ~ImportHost() override;
+
+  void* callback;
+  void* handle;
+  cdn_referrer_kind kind;
+  v8::Global<v8::Object> record;  // weak
+};
+
+// import.cc
+void InitImports(cdn_engine_isolate_t* iso, v8::Local<v8::Context> internal);
+// The host-defined options of a compilation with an import callback (a
+// fresh Symbol in *symbol), or empty without one.
+v8::Local<v8::PrimitiveArray> NewImportOptions(v8::Isolate* isolate,
+                                               const cdn_source_t* src,
+                                               v8::Local<v8::Symbol>* symbol);
+// After compiling: file the record (referrer: a Function, or an
+// UnboundScript / Module). Takes src's tokens.
+void AttachImport(cdn_engine_isolate_t* iso, v8::Local<v8::Symbol> symbol,
+                  const cdn_source_t* src, cdn_referrer_kind kind,
+                  v8::Local<v8::Value> fn, v8::Local<v8::UnboundScript> script,
+                  v8::Local<v8::Module> module);
+// Release src's tokens when nothing was compiled.
+void ReleaseImportTokens(cdn_engine_isolate_t* iso, const cdn_source_t* src);
+
 // promise.cc: a sandbox promise leaving by reference.
 PromiseRecord* WatchPromise(v8::Isolate* isolate,
                             v8::Local<v8::Context> context,
@@ -309,6 +379,8 @@ int ExceptionToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
 int ThrownToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
                  v8::Local<v8::Value> exc,
                  const std::shared_ptr<ContextLink>& link, cdn_value_t* out);
+// A sandbox error from a host description (CDN_VAL_ERROR).
+v8::Local<v8::Value> NewError(v8::Isolate* isolate, const cdn_value_t* error);
 // Throw a host-described error (CDN_VAL_ERROR) in the sandbox.
 void ThrowInSandbox(v8::Isolate* isolate, const cdn_value_t* error);
 // isolate.cc: after an out-of-memory termination, with the lock held.

@@ -194,7 +194,9 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
     // cordon runs the microtask checkpoint itself, inside the armed deadline.
     isolate->SetMicrotasksPolicy(v8::MicrotasksPolicy::kExplicit);
     isolate->AddNearHeapLimitCallback(cordon::NearHeapLimit, iso);
-    iso->internal_context.Reset(isolate, v8::Context::New(isolate));
+    Local<v8::Context> internal = v8::Context::New(isolate);
+    iso->internal_context.Reset(isolate, internal);
+    cordon::InitImports(iso, internal);
     v8::HeapStatistics hs;
     isolate->GetHeapStatistics(&hs);
     iso->heap_limit = hs.heap_size_limit();
@@ -215,6 +217,11 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
     while (iso->records != nullptr) delete iso->records;
     iso->internal_context.Reset();
     iso->placeholder.Reset();
+    iso->import_map.Reset();
+    iso->import_get.Reset();
+    iso->import_set.Reset();
+    iso->import_key.Reset();
+    iso->import_template.Reset();
   }
   // As Node does for its workers: unregister right before Dispose, with no
   // lock held.
@@ -292,6 +299,8 @@ extern "C" void cdn_engine_heap_stats(cdn_engine_isolate_t* iso,
   out->functions = iso->functions;
   out->promises = iso->promises;
   out->resolvers = iso->resolvers;
+  out->modules = iso->modules;
+  out->import_hosts = iso->import_hosts;
   out->tasks_run = iso->tasks_run;
 }
 

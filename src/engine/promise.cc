@@ -208,7 +208,9 @@ extern "C" int cdn_engine_resolver_settle(cdn_engine_resolver_t* r,
   TryCatch try_catch(isolate);
   Local<v8::Promise::Resolver> resolver = rec->resolver.Get(isolate);
   Local<Value> v;
-  if (!cordon::FromHost(isolate, context, &in, rec->link, &v)) {
+  if (in.kind == CDN_VAL_ERROR) {
+    v = cordon::NewError(isolate, &in);  // keeps name and code
+  } else if (!cordon::FromHost(isolate, context, &in, rec->link, &v)) {
     // The host's value could not be read: reject with why.
     if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())
       return CDN_ETERMINATED;

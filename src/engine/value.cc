@@ -313,7 +313,7 @@ class Shadower {
     if (value->IsFunction() || value->IsPromise())
       return Placeholder(value.As<Object>());
     if (value->IsArray()) return CopyArray(value.As<v8::Array>(), depth);
-    if (IsPlain(value.As<Object>()))
+    if (value->IsModuleNamespaceObject() || IsPlain(value.As<Object>()))
       return CopyObject(value.As<Object>(), depth);
     return value;  // the serialiser's business
   }
@@ -454,7 +454,9 @@ static int SerializeObject(Isolate* isolate, Local<Context> context,
     }
     Shadower shadow(isolate, context, iso->placeholder.Get(isolate));
     Local<Value> copy;
-    if (shadow.Copy(value, 0).ToLocal(&copy) && !shadow.refs().empty()) {
+    // Refused once: serialise the copy (functions and promises as
+    // references, module namespaces as plain objects).
+    if (shadow.Copy(value, 0).ToLocal(&copy)) {
       s = std::make_unique<Serializer>(isolate);
       s->ser()->WriteHeader();
       ok = s->ser()->WriteValue(context, copy).FromMaybe(false);
@@ -605,7 +607,16 @@ static bool FromHostValue(Isolate* isolate, Local<Context> context,
   return false;
 }
 
+Local<Value> NewError(Isolate* isolate, const cdn_value_t* error);
+
 void ThrowInSandbox(Isolate* isolate, const cdn_value_t* error) {
+  Local<Value> exc = NewError(isolate, error);
+  if (!exc.IsEmpty()) isolate->ThrowException(exc);
+}
+
+// An error of the sandbox's own intrinsics, whatever sandbox code did to
+// its globals; empty only while terminating.
+Local<Value> NewError(Isolate* isolate, const cdn_value_t* error) {
   const char* name = error->name != nullptr ? error->name : "Error";
   const char* message = error->message != nullptr ? error->message : "";
   Local<String> msg =
@@ -635,12 +646,12 @@ void ThrowInSandbox(Isolate* isolate, const cdn_value_t* error) {
               .FromMaybe(String::Empty(isolate)))) {
     // a standard error of that name already
   } else if (!set(String::NewFromUtf8Literal(isolate, "name"), name)) {
-    return;
+    return Local<Value>();
   }
   if (error->code != nullptr &&
       !set(String::NewFromUtf8Literal(isolate, "code"), error->code))
-    return;
-  isolate->ThrowException(exc);
+    return Local<Value>();
+  return exc;
 }
 
 int ThrownToHost(Isolate* isolate, Local<Context> context, Local<Value> exc,
