@@ -30,6 +30,8 @@ export interface HeapStatistics {
 }
 
 export interface RunOptions {
+  /** Serves import() in this code (default: the context's). */
+  importModuleDynamically?: ImportModuleDynamically;
   /** Name of the code in stack traces. Default: 'evalmachine.<anonymous>'. */
   filename?: string;
   /** Added to line numbers in stack traces. Default: 0. */
@@ -44,14 +46,28 @@ export interface RunOptions {
   timeout?: number;
 }
 
+/**
+ * Serves import() (and a module's static imports): return module source, {
+ * source, filename } (filename: the module's key in its context and its
+ * import.meta.url; default: the specifier), or a cordon.Module of the same
+ * context, or a promise of one of them.
+ */
+export type ImportModuleDynamically = (
+  specifier: string,
+  referrer: Script | CompiledFunction | Module | SandboxFunction | undefined,
+  attributes: Record<string, string>,
+) => string | { source: string; filename?: string } | Module | Promise<string | { source: string; filename?: string } | Module>;
+
 export interface CreateContextOptions {
   /** The isolate to create the context in. Default: the default isolate. */
   isolate?: Isolate;
-  /**
+    /**
    * Default bound (ms) for runs in this context that give no timeout, and
    * for calls of sandbox functions that come out of it. Default: none.
    */
   timeout?: number;
+  /** The import() callback of code compiled in this context without one. */
+  importModuleDynamically?: ImportModuleDynamically;
 }
 
 export interface CodeCacheOptions {
@@ -119,6 +135,21 @@ export class Context {
   evaluate(code: string, options?: RunOptions | string): any;
   /** Free the context. Idempotent. */
   dispose(): void;
+}
+
+/** An ES module compiled in a sandbox context. */
+export class Module {
+  constructor(source: string, options?: {
+    filename?: string;
+    context?: Context;
+    lineOffset?: number;
+    columnOffset?: number;
+    importModuleDynamically?: ImportModuleDynamically;
+  });
+  readonly context: Context;
+  readonly filename: string;
+  /** Load its static imports through the callback, link and evaluate it. */
+  evaluate(options?: { timeout?: number }): Promise<void>;
 }
 
 /** Code compiled once, runnable in any context of its isolate. */
