@@ -120,6 +120,32 @@ describe('dynamic import()', () => {
     }
   });
 
+    it('should hand over a new Script handle when the host dropped its own', async () => {
+    const iso = new cordon.Isolate();
+    try {
+      const ctx = iso.createContext();
+      const referrers = [];
+      (() => {
+        const script = new cordon.Script('globalThis.runs = (globalThis.runs || 0) + 1; globalThis.f = () => import("s")', {
+          isolate: iso,
+          importModuleDynamically(specifier, referrer) {
+            referrers.push(referrer);
+            return { source: 'export default "s"', filename: `s${referrers.length}` };
+          },
+        });
+        script.runInContext(ctx);
+      })();
+      await gcBoth(iso, 5);
+      assert.deepEqual(await cordon.runInContext('f()', ctx), { default: 's' });
+      const script = referrers[0];
+      assert.ok(script instanceof cordon.Script);
+      script.runInContext(ctx);
+      assert.equal(cordon.runInContext('runs', ctx), 2);
+    } finally {
+      iso.dispose();
+    }
+  });
+
   it('should give the sandbox a rejection when the callback throws or returns nonsense', async () => {
     const ctx = cordon.createContext();
     const run = (cb) => cordon.runInContext('import("z").then(() => "no", (e) => [e.name, e.message, e.code])', ctx,
