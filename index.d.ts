@@ -12,7 +12,9 @@ export interface HeapStatistics {
   totalHeapSize: number;
   usedHeapSize: number;
   heapSizeLimit: number;
-  externalMemory: number;
+    externalMemory: number;
+  /** Bytes of ArrayBuffer backing stores, counted against memoryLimitMB. */
+  arrayBufferBytes: number;
   /** Contexts alive in the isolate. */
   contexts: number;
   /** Compiled scripts alive in the isolate. */

@@ -421,6 +421,8 @@ static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
            iso__set_num(env, obj, "heapSizeLimit", (double)hs.heap_size_limit));
   CDN_CALL(env, iso__set_num(env, obj, "externalMemory",
                              (double)hs.external_memory));
+  CDN_CALL(env, iso__set_num(env, obj, "arrayBufferBytes",
+                             (double)hs.array_buffers));
   CDN_CALL(env, iso__set_num(env, obj, "contexts", (double)hs.contexts));
   CDN_CALL(env, iso__set_num(env, obj, "scripts", (double)hs.scripts));
   CDN_CALL(env, iso__set_num(env, obj, "callbacks", (double)hs.callbacks));

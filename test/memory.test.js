@@ -23,6 +23,32 @@ describe('memory limits', () => {
     }
   });
 
+    it('should bound ArrayBuffer backing stores too, and keep the host alive', function () {
+    this.timeout(60000);
+    const iso = new cordon.Isolate({ memoryLimitMB: 64 });
+    try {
+      const ctx = iso.createContext();
+      const rssBefore = process.memoryUsage().rss;
+      assert.throws(() => ctx.evaluate('(() => { const a = []; for (;;) a.push(new ArrayBuffer(1 << 26)) })()'),
+        { code: 'ERR_MEMORY_LIMIT' });
+      assert.throws(() => ctx.evaluate('new ArrayBuffer(2 ** 31)'), { code: 'ERR_MEMORY_LIMIT' });
+      // Catching the RangeError does not let a run go past the limit.
+      assert.throws(() => ctx.evaluate('for (;;) { try { new ArrayBuffer(2 ** 30) } catch {} }'),
+        { code: 'ERR_MEMORY_LIMIT' });
+      assert.ok(process.memoryUsage().rss - rssBefore < 256 * 1024 * 1024);
+      // The isolate is usable, with its buffers collected.
+      assert.equal(ctx.evaluate('new Uint8Array(1 << 20).length'), 1 << 20);
+      iso.gc();
+      assert.ok(iso.getHeapStatistics().arrayBufferBytes < 2 * 1024 * 1024);
+      // And a new isolate works.
+      const other = new cordon.Isolate({ memoryLimitMB: 16 });
+      assert.equal(other.createContext().evaluate('new ArrayBuffer(1 << 20).byteLength'), 1 << 20);
+      other.dispose();
+    } finally {
+      iso.dispose();
+    }
+  });
+
   it('should report a memory failure, not a timeout, when both are armed', function () {
     this.timeout(60000);
     const iso = new cordon.Isolate({ memoryLimitMB: 16 });

@@ -171,13 +171,25 @@ int RunBound(Isolate* isolate, Local<Context> context, TryCatch* try_catch,
   return ToHost(isolate, context, result, link, out);
 }
 
-// The statuses of a run in which V8 may have set out_of_memory.
+// The status of a run during which a memory limit may have been hit. The
+// run may have ended terminated, or with the RangeError of a refused
+// ArrayBuffer before V8 looked at the termination: either way it reports
+// the memory limit.
 int Status(cdn_engine_isolate_t* iso, int err) {
-  if (err != CDN_ETERMINATED || !iso->out_of_memory.exchange(false)) return err;
-  // The termination was the heap limit's, so it is cancelled here; the
-  // limit raised to let the run unwind goes back to what it was.
+  bool refused = iso->buffer_refused.exchange(false);
+  if (!iso->out_of_memory.exchange(false)) {
+    // An uncaught RangeError of a refused ArrayBuffer is the memory limit.
+    if (!refused || err != CDN_EEXCEPTION) return err;
+    // Collect what the run left, backing stores included (their sweeping
+    // otherwise finishes later), so that the next run starts clean.
+    iso->isolate->LowMemoryNotification();
+    return CDN_ENOMEM;
+  }
+  // The termination was the memory limit's, so it is cancelled here; the
+  // heap limit raised to let the run unwind goes back to what it was.
   iso->isolate->CancelTerminateExecution();
   RestoreHeapLimit(iso);
+  iso->isolate->LowMemoryNotification();
   return CDN_ENOMEM;
 }
 

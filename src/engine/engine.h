@@ -207,6 +207,7 @@ typedef struct {
   size_t used_heap_size;
   size_t heap_size_limit;
   size_t external_memory;
+  size_t array_buffers; /* bytes of ArrayBuffer backing stores */
   size_t contexts;
   size_t scripts;
   size_t callbacks;

@@ -112,6 +112,35 @@ class TaskQueue final : public v8::TaskRunner {
   std::atomic<uint64_t> next_due_ns_{UINT64_MAX};
 };
 
+// ArrayBuffer backing stores live outside the V8 heap, so its limit does
+// not bound them: this allocator counts them against the isolate's memory
+// limit and refuses past it, stopping the run as the heap limit does
+// (CDN_ENOMEM) instead of letting `new ArrayBuffer(2 ** 31)` in a loop take
+// the machine. Any thread may allocate or free.
+class LimitedAllocator final : public v8::ArrayBuffer::Allocator {
+ public:
+  LimitedAllocator(cdn_engine_isolate_t* iso, size_t limit)
+      : base_(v8::ArrayBuffer::Allocator::NewDefaultAllocator()),
+        iso_(iso),
+        limit_(limit) {}
+
+  void* Allocate(size_t length) override;
+  void* AllocateUninitialized(size_t length) override;
+  void Free(void* data, size_t length) override;
+  size_t used() const {
+    return used_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  bool Reserve(size_t length);
+
+  std::unique_ptr<v8::ArrayBuffer::Allocator> base_;
+  cdn_engine_isolate_t* iso_;
+  const size_t limit_;
+  std::atomic<size_t> used_{0};
+  std::atomic<int> refusals_{0};  // consecutive
+};
+
 // Hands Node's platform our task queue for the sandbox isolate.
 class PlatformDelegate final : public node::IsolatePlatformDelegate {
  public:
@@ -137,7 +166,7 @@ struct cdn_engine_isolate_s {
   v8::Isolate* host_isolate = nullptr;
   node::MultiIsolatePlatform* platform = nullptr;
   cdn_host_hooks_t hooks{};
-  std::unique_ptr<v8::ArrayBuffer::Allocator> allocator;
+  std::unique_ptr<cordon::LimitedAllocator> allocator;
   std::shared_ptr<cordon::TaskQueue> tasks;
   std::unique_ptr<cordon::PlatformDelegate> delegate;
 
@@ -165,8 +194,11 @@ struct cdn_engine_isolate_s {
   std::vector<cordon::PromiseRecord*> settled;
   std::atomic<size_t> settled_pending{0};
 
-  // Set by the near-heap-limit callback; reported as CDN_ENOMEM.
+  // Set by the near-heap-limit callback, or the allocator's third refusal in
+  // a row: the run was terminated for memory; reported as CDN_ENOMEM.
   std::atomic<bool> out_of_memory{false};
+  // The allocator refused an ArrayBuffer during the run.
+  std::atomic<bool> buffer_refused{false};
   size_t heap_limit = 0;
 
   // A context user code never runs in: compiles unbound scripts.

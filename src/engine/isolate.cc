@@ -135,6 +135,46 @@ static size_t NearHeapLimit(void* data, size_t current, size_t initial) {
   return current + std::max<size_t>(initial / 2, 16u << 20);
 }
 
+bool LimitedAllocator::Reserve(size_t length) {
+  size_t used = used_.load(std::memory_order_relaxed);
+  do {
+    if (length > limit_ - std::min(used, limit_)) {
+      // Over the limit: refuse. V8 collects garbage and asks again (three
+      // tries in all) before it throws a RangeError; once refused that
+      // often, stop the run (on its own thread, the one allocating) so that
+      // a loop catching the RangeError cannot go on.
+      iso_->buffer_refused.store(true);
+      if (refusals_.fetch_add(1) + 1 >= 3) {
+        iso_->out_of_memory.store(true);
+        iso_->isolate->TerminateExecution();
+      }
+      return false;
+    }
+  } while (!used_.compare_exchange_weak(used, used + length,
+                                        std::memory_order_relaxed));
+  refusals_.store(0);
+  return true;
+}
+
+void* LimitedAllocator::Allocate(size_t length) {
+  if (!Reserve(length)) return nullptr;
+  void* data = base_->Allocate(length);
+  if (data == nullptr) used_.fetch_sub(length, std::memory_order_relaxed);
+  return data;
+}
+
+void* LimitedAllocator::AllocateUninitialized(size_t length) {
+  if (!Reserve(length)) return nullptr;
+  void* data = base_->AllocateUninitialized(length);
+  if (data == nullptr) used_.fetch_sub(length, std::memory_order_relaxed);
+  return data;
+}
+
+void LimitedAllocator::Free(void* data, size_t length) {
+  base_->Free(data, length);
+  used_.fetch_sub(length, std::memory_order_relaxed);
+}
+
 void RestoreHeapLimit(cdn_engine_isolate_t* iso) {
   iso->isolate->RemoveNearHeapLimitCallback(NearHeapLimit, iso->heap_limit);
   iso->isolate->AddNearHeapLimitCallback(NearHeapLimit, iso);
@@ -172,7 +212,9 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
   iso->host_isolate = host;
   iso->platform = platform;
   iso->hooks = *hooks;
-  iso->allocator.reset(v8::ArrayBuffer::Allocator::NewDefaultAllocator());
+  size_t limit =
+      opts->memory_limit_mb > 0 ? opts->memory_limit_mb << 20 : SIZE_MAX;
+  iso->allocator = std::make_unique<cordon::LimitedAllocator>(iso, limit);
   iso->tasks = std::make_shared<cordon::TaskQueue>(*hooks);
   iso->delegate = std::make_unique<cordon::PlatformDelegate>(iso->tasks);
 
@@ -293,6 +335,7 @@ extern "C" void cdn_engine_heap_stats(cdn_engine_isolate_t* iso,
   out->used_heap_size = hs.used_heap_size();
   out->heap_size_limit = hs.heap_size_limit();
   out->external_memory = hs.external_memory();
+  out->array_buffers = iso->allocator->used();
   out->contexts = iso->contexts;
   out->scripts = iso->scripts;
   out->callbacks = iso->callbacks;
