@@ -185,12 +185,14 @@ int Status(cdn_engine_isolate_t* iso, int err) {
     iso->isolate->LowMemoryNotification();
     return CDN_ENOMEM;
   }
-  // The termination was the memory limit's, so it is cancelled here; the
-  // heap limit raised to let the run unwind goes back to what it was.
+  // The termination was the memory limit's, so it is cancelled here, even
+  // when the run finished first (it was past the limit only for a while,
+  // in code that never checked for termination); the heap limit raised to
+  // let the run unwind goes back to what it was.
   iso->isolate->CancelTerminateExecution();
   RestoreHeapLimit(iso);
   iso->isolate->LowMemoryNotification();
-  return CDN_ENOMEM;
+  return err == CDN_ETERMINATED || err == CDN_EEXCEPTION ? CDN_ENOMEM : err;
 }
 
 }  // namespace
