@@ -443,6 +443,13 @@ static int SerializeObject(Isolate* isolate, Local<Context> context,
   auto s = std::make_unique<Serializer>(isolate);
   s->ser()->WriteHeader();
   bool ok = s->ser()->WriteValue(context, value).FromMaybe(false);
+  if (!ok && s->reason().empty() && try_catch.HasCaught() &&
+      !try_catch.HasTerminated()) {
+    // Sandbox code (a getter, a proxy trap) threw while being copied: that
+    // exception is the outcome, as if the run had thrown it.
+    int err = ExceptionToHost(isolate, context, &try_catch, false, link, out);
+    return err == CDN_EEXCEPTION ? CDN_EEXCEPTION : err;
+  }
   std::vector<Local<Object>> refs;
   if (!ok && !try_catch.HasTerminated() && link && link->rec != nullptr) {
     try_catch.Reset();
@@ -461,6 +468,9 @@ static int SerializeObject(Isolate* isolate, Local<Context> context,
       s->ser()->WriteHeader();
       ok = s->ser()->WriteValue(context, copy).FromMaybe(false);
       refs = std::move(shadow.refs());
+    } else if (try_catch.HasCaught() && !try_catch.HasTerminated()) {
+      // A getter threw while copying, or the value is nested too deeply.
+      return ExceptionToHost(isolate, context, &try_catch, false, link, out);
     }
   }
   if (!ok) {
