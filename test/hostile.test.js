@@ -62,8 +62,7 @@ describe('hostile input', () => {
   });
 
   it('should survive a host callback that disposes the context it runs in', () => {
-    let ctx;
-    ctx = cordon.createContext({ drop: () => ctx.dispose() });
+    const ctx = cordon.createContext({ drop: () => ctx.dispose() });
     assert.equal(cordon.runInContext('drop(); 1 + 1', ctx), 2);
     assert.throws(() => cordon.runInContext('1', ctx), { code: 'ERR_ISOLATE_DISPOSED' });
   });
