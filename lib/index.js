@@ -763,6 +763,7 @@ function missingCallback() {
 // What an import callback gave (maybe through a promise), as a Module of
 // `context`. Source text is compiled once per context and key.
 async function toModule(result, specifier, context, callback) {
+  if (context.isDisposed) throw new DisposedError('context');
   if (result instanceof Module) {
     if (result.context !== context) {
       throw withCode(new TypeError(result.context.isolate === context.isolate
@@ -803,7 +804,8 @@ async function linkRequests(module, seen) {
   for (let i = 0; i < requests.length; i++) {
     if (callback === undefined) throw missingCallback();
     const [specifier, attributes] = requests[i];
-    const dep = await toModule(await callback(specifier, module, attributes), specifier, context, callback);
+        const dep = await toModule(await callback(specifier, module, attributes), specifier, context, callback);
+    if (context.isDisposed) throw new DisposedError('context');
     binding.moduleLink(moduleHandle(module), i, moduleHandle(dep));
     if (!seen.has(dep)) {
       seen.add(dep);

@@ -121,6 +121,8 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out);
 /* Dispose now, or when the run on the stack unwinds. Idempotent. */
 void iso_dispose(iso_t* iso);
 void iso_unref(iso_t* iso);
+/* Keep the host loop alive until the next wake-up (a settlement waits). */
+void iso_keep_alive(iso_t* iso);
 /* The body of a locked call: runs with the isolate lock held. */
 typedef int (*iso_body_fn)(void* arg, cdn_value_t* out);
 /* Lock the isolate, arm `timeout_ms` (0: none), run `body`, disarm, cancel

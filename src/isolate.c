@@ -70,12 +70,18 @@ int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
   if (iso->dispose_pending) {
     cdn_value_free(out);
     err = CDN_KDISPOSED;
-  } else if (iso->depth == 0 && cdn_engine_has_work(eng)) {
+    /* Cancels above (ours, or the engine's after a memory stop) cleared
+     * the isolate's termination: the enclosing runs must still unwind. */
+    if (iso->depth > 0) cdn_engine_terminate(eng);
+  } else if (iso->depth > 0) {
+    if (iso->top != NULL) wd_refire(&iso->env->wd, iso->top);
+  } else if (cdn_engine_has_work(eng)) {
+    /* Raised while tasks run: a host callback they call may dispose the
+     * isolate, which must wait until they have unwound. */
+    iso->depth++;
     iso__run_tasks_locked(iso);
-    /* A settled promise keeps the loop alive until the wake-up delivers
-     * it; a merely pending one does not, as in Node. */
-    if (cdn_engine_has_settled(eng) && iso->wake != NULL)
-      uv_ref((uv_handle_t*)&iso->wake->async);
+    iso->depth--;
+    if (cdn_engine_has_settled(eng)) iso_keep_alive(iso);
   }
   cdn_engine_unlock(eng, &lock);
   if (iso->depth == 0 && iso->dispose_pending) iso_dispose(iso);
@@ -84,15 +90,22 @@ int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
 
 static void iso__timer_cb(uv_timer_t* timer);
 
+/* A settled promise keeps the loop alive until the wake-up delivers it; a
+ * merely pending one does not, as in Node. */
+void iso_keep_alive(iso_t* iso) {
+  if (iso->wake != NULL) uv_ref((uv_handle_t*)&iso->wake->async);
+}
+
 /* With the lock held, at the top level: run due tasks under a deadline and
  * arm the loop timer for the next delayed one. */
 static void iso__run_tasks_locked(iso_t* iso) {
   wd_entry_t entry;
   int64_t next_ms = -1;
   int armed;
-  entry.outer = NULL;
+  entry.outer = iso->top;
   armed = wd_arm(&iso->env->wd, &entry, iso->engine,
                  (uint64_t)ISO_TASK_TIMEOUT_MS * 1000000) == 0;
+  if (armed) iso->top = &entry;
   (void)cdn_engine_run_tasks(iso->engine, &next_ms);
   if (armed) (void)iso__disarm(iso, &entry);
   if (iso->wake != NULL) {
@@ -117,10 +130,12 @@ static void iso__pump(struct iso_wake_s* wake) {
   iso->depth++;
   iso__run_tasks_locked(iso);
   n = cdn_engine_take_settled(iso->engine, &settled);
-  iso->depth--;
   cdn_engine_unlock(iso->engine, &lock);
   uv_unref((uv_handle_t*)&wake->async);
-  if (n > 0 || settled != NULL) prm_deliver(iso, settled, n);
+  /* Still raised while delivering: host code that runs may dispose the
+   * isolate, which must wait until the batch is delivered. */
+  if (n > 0) prm_deliver(iso, settled, n);
+  iso->depth--;
   if (iso->dispose_pending && iso->depth == 0) iso_dispose(iso);
   iso_unref(iso);
 }

@@ -203,10 +203,17 @@ static napi_value mod__js_link(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
   uint32_t index;
+  mod_t* m;
+  mod_t* target;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CDN_CALL(env, napi_get_value_uint32(env, argv[1], &index));
-  cdn_engine_module_link(mod__get(env, argv[0])->engine, index,
-                         mod__get(env, argv[2])->engine);
+  m = mod__get(env, argv[0]);
+  target = mod__get(env, argv[2]);
+  /* The import callback ran in between: the isolate may be gone. */
+  if (!iso_alive(m->iso) || !iso_alive(target->iso))
+    return cdn_throw(env, m->iso->env, CDN_KDISPOSED, NULL);
+  CDN_ASSERT(m->iso == target->iso);
+  cdn_engine_module_link(m->engine, index, target->engine);
   return NULL;
 }
 

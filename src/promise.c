@@ -112,6 +112,8 @@ napi_status prm_watch(napi_env env, iso_t* iso, cdn_engine_promise_t* p,
   cdn_engine_lock(iso->engine, &lock);
   if (st == napi_ok) {
     cdn_engine_promise_watch(p, token);
+    /* Settled already: its delivery keeps the loop alive until it is done. */
+    if (cdn_engine_has_settled(iso->engine)) iso_keep_alive(iso);
   } else {
     cdn_engine_ref_release(p);
   }

@@ -23,6 +23,13 @@ namespace cordon {
 constexpr size_t kStackArgs = 8;
 
 ContextRecord::~ContextRecord() {
+  if (!context.IsEmpty()) {
+    // Code of this context may still run later (a task, a stale reaction):
+    // it must not find the freed record.
+    v8::HandleScope scope(iso()->isolate);
+    context.Get(iso()->isolate)
+        ->SetAlignedPointerInEmbedderData(kContextRecordSlot, nullptr);
+  }
   context.Reset();
   link->rec = nullptr;
   iso()->contexts--;
@@ -189,7 +196,7 @@ int Status(cdn_engine_isolate_t* iso, int err) {
   // when the run finished first (it was past the limit only for a while,
   // in code that never checked for termination); the heap limit raised to
   // let the run unwind goes back to what it was.
-  iso->isolate->CancelTerminateExecution();
+  CancelTermination(iso);
   RestoreHeapLimit(iso);
   iso->isolate->LowMemoryNotification();
   return err == CDN_ETERMINATED || err == CDN_EEXCEPTION ? CDN_ENOMEM : err;

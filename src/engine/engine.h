@@ -188,7 +188,10 @@ void cdn_engine_unlock(cdn_engine_isolate_t* iso, cdn_lock_t* lock);
 
 /* Thread-safe: stop the JS running in the isolate, if any. */
 void cdn_engine_terminate(cdn_engine_isolate_t* iso);
-/* With the lock held: cancel a termination requested by terminate(). */
+/* With the lock held: cancel a termination requested by terminate(). The
+ * microtasks the stopped run left are dropped first (V8 empties the queue
+ * when a checkpoint is terminated): none may run later, outside any
+ * deadline. */
 void cdn_engine_cancel_terminate(cdn_engine_isolate_t* iso);
 
 /* Thread-safe: nonzero if foreground tasks, releases or promise

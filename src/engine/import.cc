@@ -155,6 +155,15 @@ MaybeLocal<v8::Promise> ImportDynamically(Local<Context> context,
     return MaybeLocal<v8::Promise>();
   auto* crec = static_cast<ContextRecord*>(
       context->GetAlignedPointerFromEmbedderData(kContextRecordSlot));
+  if (crec == nullptr) {
+    // The host disposed this context; its code still ran (a late task).
+    if (resolver
+            ->Reject(context, v8::Exception::Error(String::NewFromUtf8Literal(
+                                  isolate, "The context has been disposed")))
+            .IsNothing())
+      return MaybeLocal<v8::Promise>();
+    return scope.Escape(resolver->GetPromise());
+  }
   Local<Object> record;
   ImportHost* host = LookupHost(iso, options, &record);
 

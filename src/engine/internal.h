@@ -170,6 +170,9 @@ struct cdn_engine_isolate_s {
   std::shared_ptr<cordon::TaskQueue> tasks;
   std::unique_ptr<cordon::PlatformDelegate> delegate;
 
+  // Levels of cdn_engine_lock on the holding thread; only it touches this.
+  int lock_depth = 0;
+
   // Records not yet freed, for dispose.
   cordon::Record* records = nullptr;
   size_t contexts = 0;
@@ -284,11 +287,12 @@ class CallbackRecord final : public Record {
   v8::Global<v8::Function> fn;
 };
 
-// A sandbox promise the host awaits. While pending it is held by the
-// reactions attached to the sandbox promise (weakly, through their
-// function): if the sandbox drops a promise that never settles, the record
-// still reports, as "abandoned". Settled, it waits in the isolate's queue
-// until the host loop delivers it (hooks->settle) and frees it.
+struct PromiseCell;
+
+// A sandbox promise the host awaits. The host's reference owns it until it
+// watches it (cdn_engine_promise_watch gives the token); from then on the
+// settle queue does, and delivery frees it. Reactions attached to the
+// sandbox promise reach it through a PromiseCell, which outlives it.
 class PromiseRecord final : public OutRef {
  public:
   explicit PromiseRecord(cdn_engine_isolate_t* iso)
@@ -301,7 +305,15 @@ class PromiseRecord final : public OutRef {
   cdn_promise_state state = CDN_PROMISE_PENDING;
   cdn_value_t value{};
   void* token = nullptr;  // the host's, from cdn_engine_promise_watch
-  bool queued = false;
+  bool queued = false;    // in iso->settled
+  PromiseCell* cell = nullptr;
+};
+
+// What the reactions of a watched sandbox promise hold: freed when the
+// sandbox collects them (a weak handle on one of them), which, while the
+// promise is pending, also means the promise was abandoned.
+struct PromiseCell {
+  PromiseRecord* rec;                 // nullptr once the record is gone
   v8::Global<v8::Function> reaction;  // weak
 };
 
@@ -415,7 +427,10 @@ int ThrownToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
 v8::Local<v8::Value> NewError(v8::Isolate* isolate, const cdn_value_t* error);
 // Throw a host-described error (CDN_VAL_ERROR) in the sandbox.
 void ThrowInSandbox(v8::Isolate* isolate, const cdn_value_t* error);
-// isolate.cc: after an out-of-memory termination, with the lock held.
+// isolate.cc, with the lock held: cancel a termination, dropping the
+// microtasks of the stopped run; after an out-of-memory termination, put
+// the heap limit back.
+void CancelTermination(cdn_engine_isolate_t* iso);
 void RestoreHeapLimit(cdn_engine_isolate_t* iso);
 // Fill `out` with a CDN_VAL_ERROR.
 void SetError(cdn_value_t* out, const char* name, const char* message);

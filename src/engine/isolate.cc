@@ -175,6 +175,18 @@ void LimitedAllocator::Free(void* data, size_t length) {
   used_.fetch_sub(length, std::memory_order_relaxed);
 }
 
+void CancelTermination(cdn_engine_isolate_t* iso) {
+  Isolate* isolate = iso->isolate;
+  if (iso->lock_depth == 1) {
+    // Outermost: nothing else of the sandbox is on the stack, so its queue
+    // holds only what stopped runs left. (Nested, an enclosing run's
+    // checkpoint runs them under that run's deadline.)
+    isolate->TerminateExecution();  // the checkpoint stops at once
+    isolate->PerformMicrotaskCheckpoint();
+  }
+  isolate->CancelTerminateExecution();
+}
+
 void RestoreHeapLimit(cdn_engine_isolate_t* iso) {
   iso->isolate->RemoveNearHeapLimitCallback(NearHeapLimit, iso->heap_limit);
   iso->isolate->AddNearHeapLimitCallback(NearHeapLimit, iso);
@@ -283,9 +295,11 @@ extern "C" void cdn_engine_lock(cdn_engine_isolate_t* iso, cdn_lock_t* lock) {
   lock->owns = !v8::Locker::IsLocked(iso->isolate);
   if (lock->owns) new (lock->opaque) v8::Locker(iso->isolate);
   iso->isolate->Enter();
+  iso->lock_depth++;
 }
 
 extern "C" void cdn_engine_unlock(cdn_engine_isolate_t* iso, cdn_lock_t* lock) {
+  iso->lock_depth--;
   iso->isolate->Exit();
   if (lock->owns) {
     void* slot = lock->opaque;
@@ -299,7 +313,7 @@ extern "C" void cdn_engine_terminate(cdn_engine_isolate_t* iso) {
 }
 
 extern "C" void cdn_engine_cancel_terminate(cdn_engine_isolate_t* iso) {
-  iso->isolate->CancelTerminateExecution();
+  cordon::CancelTermination(iso);
 }
 
 extern "C" int cdn_engine_has_work(cdn_engine_isolate_t* iso) {
@@ -315,12 +329,24 @@ extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,
   iso->tasks->TakeDue(&tasks, &releases, next_ms);
   HandleScope handle_scope(isolate);
   for (Record* r : releases) delete r;
+  int err = CDN_OK;
   for (auto& task : tasks) {
     iso->tasks_run++;
     task->Run();
-    if (isolate->IsExecutionTerminating()) return CDN_ETERMINATED;
+    if (isolate->IsExecutionTerminating()) {
+      err = CDN_ETERMINATED;
+      break;
+    }
   }
-  return CDN_OK;
+  // A task stopped for memory: cancel that termination and put the heap
+  // limit back, as after a run.
+  iso->buffer_refused.store(false);
+  if (iso->out_of_memory.exchange(false)) {
+    cordon::CancelTermination(iso);
+    cordon::RestoreHeapLimit(iso);
+    err = CDN_ENOMEM;
+  }
+  return err;
 }
 
 extern "C" void cdn_engine_gc(cdn_engine_isolate_t* iso) {

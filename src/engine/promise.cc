@@ -24,7 +24,16 @@ using v8::Value;
 namespace cordon {
 
 PromiseRecord::~PromiseRecord() {
-  reaction.Reset();
+  if (cell != nullptr) cell->rec = nullptr;
+  if (queued) {
+    std::vector<PromiseRecord*>& list = iso()->settled;
+    for (size_t i = 0; i < list.size(); i++) {
+      if (list[i] == this) {
+        list.erase(list.begin() + static_cast<long>(i));
+        break;
+      }
+    }
+  }
   cdn_value_free(&value);
   if (token != nullptr) iso()->hooks.release(iso()->hooks.data, token);
   iso()->promises--;
@@ -46,10 +55,9 @@ void Queue(PromiseRecord* rec) {
 }
 
 void Settle(PromiseRecord* rec, cdn_promise_state state, Local<Value> v) {
-  if (rec->state != CDN_PROMISE_PENDING) return;
+  if (rec == nullptr || rec->state != CDN_PROMISE_PENDING) return;
   Isolate* isolate = rec->iso()->isolate;
   Local<Context> context = isolate->GetCurrentContext();
-  rec->reaction.Reset();
   rec->state = state;
   int err;
   if (state == CDN_PROMISE_FULFILLED) {
@@ -68,20 +76,24 @@ void Settle(PromiseRecord* rec, cdn_promise_state state, Local<Value> v) {
 }
 
 void OnFulfilled(const FunctionCallbackInfo<Value>& info) {
-  auto* rec = static_cast<PromiseRecord*>(info.Data().As<External>()->Value());
-  Settle(rec, CDN_PROMISE_FULFILLED, info[0]);
+  auto* cell = static_cast<PromiseCell*>(info.Data().As<External>()->Value());
+  Settle(cell->rec, CDN_PROMISE_FULFILLED, info[0]);
 }
 
 void OnRejected(const FunctionCallbackInfo<Value>& info) {
-  auto* rec = static_cast<PromiseRecord*>(info.Data().As<External>()->Value());
-  Settle(rec, CDN_PROMISE_REJECTED, info[0]);
+  auto* cell = static_cast<PromiseCell*>(info.Data().As<External>()->Value());
+  Settle(cell->rec, CDN_PROMISE_REJECTED, info[0]);
 }
 
-// The reactions, and so the pending promise, were collected. A first-pass
-// weak callback: no V8 heap access, only bookkeeping.
-void OnAbandoned(const v8::WeakCallbackInfo<PromiseRecord>& info) {
-  PromiseRecord* rec = info.GetParameter();
-  rec->reaction.Reset();
+// The reactions were collected: free the cell; a promise still pending
+// then was abandoned. A first-pass weak callback: bookkeeping only.
+void OnReactionsCollected(const v8::WeakCallbackInfo<PromiseCell>& info) {
+  PromiseCell* cell = info.GetParameter();
+  PromiseRecord* rec = cell->rec;
+  cell->reaction.Reset();
+  delete cell;
+  if (rec == nullptr) return;
+  rec->cell = nullptr;
   if (rec->state != CDN_PROMISE_PENDING) return;
   rec->state = CDN_PROMISE_ABANDONED;
   SetError(&rec->value, "Error",
@@ -107,18 +119,22 @@ PromiseRecord* WatchPromise(Isolate* isolate, Local<Context> context,
     case v8::Promise::kPending:
       break;
   }
-  Local<External> data = External::New(isolate, rec);
+  auto* cell = new PromiseCell{rec, {}};
+  Local<External> data = External::New(isolate, cell);
   Local<v8::Function> fulfilled, rejected;
   if (!v8::Function::New(context, OnFulfilled, data, 1).ToLocal(&fulfilled) ||
       !v8::Function::New(context, OnRejected, data, 1).ToLocal(&rejected) ||
       promise->Then(context, fulfilled, rejected).IsEmpty()) {
+    delete cell;
     Settle(rec, CDN_PROMISE_REJECTED,
            v8::Exception::Error(v8::String::NewFromUtf8Literal(
                isolate, "could not watch the sandbox promise")));
     return rec;
   }
-  rec->reaction.Reset(isolate, fulfilled);
-  rec->reaction.SetWeak(rec, OnAbandoned, v8::WeakCallbackType::kParameter);
+  rec->cell = cell;
+  cell->reaction.Reset(isolate, fulfilled);
+  cell->reaction.SetWeak(cell, OnReactionsCollected,
+                         v8::WeakCallbackType::kParameter);
   return rec;
 }
 
@@ -156,9 +172,15 @@ extern "C" void cdn_engine_ref_release(void* ref) {
 }
 
 extern "C" void cdn_engine_promise_watch(cdn_engine_promise_t* p, void* token) {
-  reinterpret_cast<PromiseRecord*>(
-      static_cast<cordon::Record*>(static_cast<void*>(p)))
-      ->token = token;
+  auto* rec = static_cast<PromiseRecord*>(
+      static_cast<cordon::Record*>(static_cast<void*>(p)));
+  rec->token = token;
+  if (rec->queued) {
+    // Settled before the host watched it: deliver on the next wake-up.
+    cdn_engine_isolate_t* iso = rec->iso();
+    iso->settled_pending.fetch_add(1, std::memory_order_release);
+    iso->hooks.wake(iso->hooks.data);
+  }
 }
 
 extern "C" int cdn_engine_has_settled(cdn_engine_isolate_t* iso) {
@@ -167,7 +189,9 @@ extern "C" int cdn_engine_has_settled(cdn_engine_isolate_t* iso) {
 
 extern "C" size_t cdn_engine_take_settled(cdn_engine_isolate_t* iso,
                                           cdn_settlement_t** out) {
-  std::vector<PromiseRecord*> list;
+  // Only watched records are the queue's to deliver and free; one not yet
+  // watched still belongs to the host reference that carries it.
+  std::vector<PromiseRecord*> list, keep;
   list.swap(iso->settled);
   iso->settled_pending.store(0, std::memory_order_release);
   *out = nullptr;
@@ -177,15 +201,23 @@ extern "C" size_t cdn_engine_take_settled(cdn_engine_isolate_t* iso,
   if (s == nullptr) abort();
   size_t n = 0;
   for (PromiseRecord* rec : list) {
-    if (rec->token != nullptr) {
-      s[n].token = rec->token;
-      s[n].state = rec->state;
-      s[n].value = rec->value;  // moved out
-      rec->value = cdn_value_t{};
-      rec->token = nullptr;
-      n++;
+    if (rec->token == nullptr) {
+      keep.push_back(rec);
+      continue;
     }
+    s[n].token = rec->token;
+    s[n].state = rec->state;
+    s[n].value = rec->value;  // moved out
+    rec->value = cdn_value_t{};
+    rec->token = nullptr;
+    rec->queued = false;
+    n++;
     delete rec;
+  }
+  iso->settled.swap(keep);
+  if (n == 0) {
+    free(s);
+    return 0;
   }
   *out = s;
   return n;

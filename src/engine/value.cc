@@ -70,6 +70,32 @@ char* ToUtf8(Isolate* isolate, Local<Value> v) {
   return DupString(*utf8, utf8.length());
 }
 
+// An ArrayBuffer holding a copy of `bytes`, allocated through the
+// isolate's limited allocator: ArrayBuffer::New(isolate, length) would
+// abort the process when the allocator refuses. A refusal throws a
+// RangeError, which the run reports as the memory limit.
+MaybeLocal<v8::ArrayBuffer> NewBuffer(Isolate* isolate, const void* bytes,
+                                      size_t length) {
+  if (length == 0) return v8::ArrayBuffer::New(isolate, 0);
+  auto* iso = static_cast<cdn_engine_isolate_t*>(isolate->GetData(0));
+  void* data = iso->allocator->AllocateUninitialized(length);
+  if (data == nullptr) {
+    isolate->ThrowException(
+        v8::Exception::RangeError(String::NewFromUtf8Literal(
+            isolate,
+            "Array buffer allocation failed: the sandbox memory limit")));
+    return MaybeLocal<v8::ArrayBuffer>();
+  }
+  memcpy(data, bytes, length);
+  std::unique_ptr<v8::BackingStore> store = v8::ArrayBuffer::NewBackingStore(
+      data, length,
+      [](void* d, size_t len, void* allocator) {
+        static_cast<LimitedAllocator*>(allocator)->Free(d, len);
+      },
+      iso->allocator.get());
+  return v8::ArrayBuffer::New(isolate, std::move(store));
+}
+
 class Serializer final : public v8::ValueSerializer::Delegate {
  public:
   explicit Serializer(Isolate* isolate)
@@ -235,8 +261,9 @@ class Deserializer final : public v8::ValueDeserializer::Delegate {
           String::NewFromUtf8Literal(isolate, "malformed typed array data")));
       return MaybeLocal<Object>();
     }
-    Local<v8::ArrayBuffer> ab = v8::ArrayBuffer::New(isolate, length);
-    if (length > 0) memcpy(ab->Data(), bytes, length);
+    Local<v8::ArrayBuffer> ab;
+    if (!NewBuffer(isolate, bytes, length).ToLocal(&ab))
+      return MaybeLocal<Object>();
     static const size_t kSizes[] = {1, 1, 1, 2, 2, 4, 4, 4, 8, 1, 1, 8, 8};
     if (length % kSizes[type] != 0) {
       isolate->ThrowException(
@@ -398,6 +425,27 @@ const char* TypeName(Local<Value> v) {
 
 }  // namespace
 
+// A function's own `length` when it is a plain data property (no getter or
+// proxy trap runs), clamped: it only describes the host proxy.
+static int FunctionLength(Isolate* isolate, Local<Context> context,
+                          Local<v8::Function> fn) {
+  if (fn->IsProxy()) return 0;
+  TryCatch ignore(isolate);
+  Local<Value> desc, length;
+  if (!fn->GetOwnPropertyDescriptor(
+             context, String::NewFromUtf8Literal(isolate, "length"))
+           .ToLocal(&desc) ||
+      !desc->IsObject() ||
+      !desc.As<Object>()
+           ->GetRealNamedProperty(context,
+                                  String::NewFromUtf8Literal(isolate, "value"))
+           .ToLocal(&length) ||
+      !length->IsNumber())
+    return 0;
+  double l = length.As<v8::Number>()->Value();
+  return l >= 0 && l <= 65535 ? static_cast<int>(l) : 0;
+}
+
 // Records for the functions and promises a value carries out, in its refs.
 static void TakeRefs(Isolate* isolate, Local<Context> context,
                      const std::vector<Local<Object>>& refs,
@@ -420,15 +468,7 @@ static void TakeRefs(Isolate* isolate, Local<Context> context,
     rec->fn.Reset(isolate, fn);
     String::Utf8Value name(isolate, fn->GetName());
     if (*name != nullptr) rec->name.assign(*name, name.length());
-    // A sandbox-defined length is clamped: it only describes the proxy.
-    Local<Value> length;
-    TryCatch ignore(isolate);
-    if (fn->Get(context, String::NewFromUtf8Literal(isolate, "length"))
-            .ToLocal(&length) &&
-        length->IsNumber()) {
-      double l = length.As<v8::Number>()->Value();
-      rec->length = l >= 0 && l <= 65535 ? static_cast<int>(l) : 0;
-    }
+    rec->length = FunctionLength(isolate, context, fn);
     out->refs[i] = static_cast<Record*>(rec);
   }
 }
@@ -483,6 +523,7 @@ static int SerializeObject(Isolate* isolate, Local<Context> context,
     SetError(out, "TypeError", reason.c_str());
     return CDN_ECLONE;
   }
+  if (isolate->IsExecutionTerminating()) return CDN_ETERMINATED;
   std::pair<uint8_t*, size_t> buf = s->ser()->Release();
   out->kind = CDN_VAL_BYTES;
   out->u.bytes = buf.first;
