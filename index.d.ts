@@ -1,5 +1,7 @@
 // Type definitions for cordon.
 
+import { EventEmitter } from 'node:events';
+
 /** A value that can cross the sandbox boundary (structured clone). */
 export type Cloneable = unknown;
 
@@ -108,8 +110,12 @@ export interface ScriptOptions extends Omit<RunOptions, 'timeout'>, CodeCacheOpt
   isolate?: Isolate;
 }
 
-/** A V8 isolate of cordon's own: a separate heap with its own limits. */
-export class Isolate {
+/**
+ * A V8 isolate of cordon's own: a separate heap with its own limits.
+ * Emits 'unhandledRejection' (reason, context) for sandbox promises left
+ * rejected with no handler at the end of a run.
+ */
+export class Isolate extends EventEmitter {
   constructor(options?: IsolateOptions);
   readonly memoryLimitMB: number;
   readonly isDisposed: boolean;

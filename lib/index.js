@@ -4,6 +4,7 @@
 // This layer validates every argument once, fills defaults, and turns the
 // native layer's statuses into coded errors; src/ trusts what it is given.
 
+const { EventEmitter } = require('node:events');
 const binding = require('./binding');
 const errors = require('./errors');
 const marshal = require('./marshal');
@@ -140,7 +141,20 @@ function adopt(promise, handle) {
   Promise.prototype.then.call(promise, (v) => settle(false, v), (e) => settle(true, e));
 }
 
-binding.setup(makeError, makeDeferred, adopt, importHook);
+// A sandbox promise was left rejected with no handler at the end of a run:
+// the isolate emits 'unhandledRejection' (reason, context); without a
+// listener the report is dropped. It never throws into the host.
+function rejectionHook(context, value, name, message, stack, code) {
+  if (context === undefined) return;
+  const isolate = context.isolate;
+  if (isolate.listenerCount('unhandledRejection') === 0) return;
+  const reason = name !== undefined
+    ? makeError(EEXCEPTION, name, message, stack, undefined, code)
+    : decodeIn(context, value);
+  isolate.emit('unhandledRejection', reason, context);
+}
+
+binding.setup(makeError, makeDeferred, adopt, importHook, rejectionHook);
 
 // ---- values and functions across the boundary -------------------------------
 
@@ -294,7 +308,7 @@ let contextImport;
 let contextModules;
 const kConstruct = Symbol('cordon.construct');
 
-class Isolate {
+class Isolate extends EventEmitter {
   #handle;
   #disposed = false;
   #memoryLimitMB;
@@ -309,7 +323,8 @@ class Isolate {
   /**
    * @param {{ memoryLimitMB?: number }} [options]
    */
-  constructor(options = {}) {
+    constructor(options = {}) {
+    super();
     validateObject(options, 'options');
     let limit = getOption(options, 'memoryLimitMB', 'options.memoryLimitMB');
     limit = limit === undefined

@@ -90,10 +90,11 @@ struct cdn_env_s {
   int closing;
   wd_t wd;
   iso_t* isolates;
-  napi_ref make_error;    /* lib's (kind, name, message, stack, value, code) */
-  napi_ref make_deferred; /* lib's () -> { promise, settle(...) } */
-  napi_ref adopt;         /* lib's (hostPromise, resolverHandle) */
-  napi_ref import_hook;   /* lib's import(): see module.c */
+  napi_ref make_error;     /* lib's (kind, name, message, stack, value, code) */
+  napi_ref make_deferred;  /* lib's () -> { promise, settle(...) } */
+  napi_ref adopt;          /* lib's (hostPromise, resolverHandle) */
+  napi_ref import_hook;    /* lib's import(): see module.c */
+  napi_ref rejection_hook; /* lib's unhandled-rejection report */
   /* live host records, for tests */
   int64_t n_isolates;
   int64_t n_contexts;
@@ -222,6 +223,8 @@ cdn_engine_resolver_t* prm_resolver_engine(napi_env env, napi_value v,
 void prm_adopt(iso_t* iso, iso_token_t* t, cdn_engine_resolver_t* engine);
 /* Deliver settlements taken from the engine (and free the list). */
 void prm_deliver(iso_t* iso, cdn_settlement_t* list, size_t n);
+/* Report unhandled rejections taken from the engine (and free the list). */
+void prm_report(iso_t* iso, cdn_rejection_t* list, size_t n);
 napi_value prm_init_exports(napi_env env, napi_value exports);
 
 /* function.c */

@@ -62,6 +62,7 @@ int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
     iso->top = &entry;
   }
   err = body(arg, out);
+  if (iso->depth == 1) cdn_engine_report_rejections(eng); /* still bounded */
   if (armed && iso__disarm(iso, &entry)) {
     cdn_value_free(out);
     err = CDN_KTIMEOUT;
@@ -81,7 +82,8 @@ int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
     iso->depth++;
     iso__run_tasks_locked(iso);
     iso->depth--;
-    if (cdn_engine_has_settled(eng)) iso_keep_alive(iso);
+    if (cdn_engine_has_settled(eng) || cdn_engine_has_rejections(eng))
+      iso_keep_alive(iso);
   }
   cdn_engine_unlock(eng, &lock);
   if (iso->depth == 0 && iso->dispose_pending) iso_dispose(iso);
@@ -107,6 +109,7 @@ static void iso__run_tasks_locked(iso_t* iso) {
                  (uint64_t)ISO_TASK_TIMEOUT_MS * 1000000) == 0;
   if (armed) iso->top = &entry;
   (void)cdn_engine_run_tasks(iso->engine, &next_ms);
+  cdn_engine_report_rejections(iso->engine);
   if (armed) (void)iso__disarm(iso, &entry);
   if (iso->wake != NULL) {
     if (next_ms >= 0)
@@ -122,19 +125,22 @@ static void iso__run_tasks_locked(iso_t* iso) {
 static void iso__pump(struct iso_wake_s* wake) {
   iso_t* iso = wake->iso;
   cdn_settlement_t* settled;
+  cdn_rejection_t* rejections;
   cdn_lock_t lock;
-  size_t n;
+  size_t n, nr;
   if (iso == NULL || iso->engine == NULL || iso->depth > 0) return;
   iso->refs++; /* host code run by delivery may drop the last handle */
   cdn_engine_lock(iso->engine, &lock);
   iso->depth++;
   iso__run_tasks_locked(iso);
   n = cdn_engine_take_settled(iso->engine, &settled);
+  nr = cdn_engine_take_rejections(iso->engine, &rejections);
   cdn_engine_unlock(iso->engine, &lock);
   uv_unref((uv_handle_t*)&wake->async);
   /* Still raised while delivering: host code that runs may dispose the
    * isolate, which must wait until the batch is delivered. */
   if (n > 0) prm_deliver(iso, settled, n);
+  if (nr > 0) prm_report(iso, rejections, nr);
   iso->depth--;
   if (iso->dispose_pending && iso->depth == 0) iso_dispose(iso);
   iso_unref(iso);

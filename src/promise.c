@@ -257,6 +257,44 @@ void prm_deliver(iso_t* iso, cdn_settlement_t* list, size_t n) {
   free(list);
 }
 
+/* Unhandled rejections: lib's rejectionHook(context, value, name, message,
+ * stack, code) for each, in a callback scope (listeners are host code). */
+void prm_report(iso_t* iso, cdn_rejection_t* list, size_t n) {
+  napi_env env = iso->env->env;
+  size_t i;
+  for (i = 0; i < n; i++) {
+    ctx_t* ctx = list[i].context_host;
+    cdn_value_t* v = &list[i].reason;
+    napi_handle_scope scope;
+    napi_value argv[6], fn, result, exc;
+    napi_status st = napi_ok;
+    int k;
+    if (!iso->env->closing && napi_open_handle_scope(env, &scope) == napi_ok) {
+      for (k = 0; k < 6; k++) napi_get_undefined(env, &argv[k]);
+      if (ctx->self != NULL)
+        st = napi_get_reference_value(env, ctx->self, &argv[0]);
+      if (st == napi_ok && v->kind == CDN_VAL_ERROR) {
+        const char* parts[4] = {v->name, v->message, v->stack, v->code};
+        for (k = 0; k < 4 && st == napi_ok; k++) {
+          if (parts[k] != NULL)
+            st = napi_create_string_utf8(env, parts[k], NAPI_AUTO_LENGTH,
+                                         &argv[2 + k]);
+        }
+      } else if (st == napi_ok) {
+        st = fn_value_to_napi(env, iso, v, &argv[1]);
+      }
+      if (st == napi_ok)
+        st = napi_get_reference_value(env, iso->env->rejection_hook, &fn);
+      if (st == napi_ok)
+        st = napi_make_callback(env, iso->async, argv[0], fn, 6, argv, &result);
+      if (st != napi_ok) napi_get_and_clear_last_exception(env, &exc);
+      napi_close_handle_scope(env, scope);
+    }
+    cdn_value_free(v);
+  }
+  free(list);
+}
+
 napi_value prm_init_exports(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"settleSandbox", NULL, prm__js_settle, NULL, NULL, NULL, napi_default,

@@ -89,6 +89,31 @@ describe('promises across the boundary', () => {
     assert.equal(r.stdout, 'settled 1\n');
   });
 
+    it('should report promises left rejected with no handler on the isolate, and never throw into the host', async () => {
+    const iso = new cordon.Isolate();
+    try {
+      const ctx = iso.createContext();
+      const reports = [];
+      iso.on('unhandledRejection', (reason, context) => reports.push([reason, context]));
+      ctx.evaluate('Promise.reject(new TypeError("lost")); 1');
+      ctx.evaluate('const p = Promise.reject(new Error("handled later")); p.catch(() => {}); 1');
+      ctx.evaluate('(async () => { throw 42 })(); 1');
+      await sleep(20);
+      assert.equal(reports.length, 2);
+      assert.ok(reports[0][0] instanceof TypeError);
+      assert.equal(reports[0][0].message, 'lost');
+      assert.equal(reports[0][1], ctx);
+      assert.equal(reports[1][0], 42);
+      // Without a listener: dropped, and the process is fine.
+      iso.removeAllListeners('unhandledRejection');
+      ctx.evaluate('Promise.reject(new Error("nobody listens")); 1');
+      await sleep(20);
+      assert.equal(ctx.evaluate('"alive"'), 'alive');
+    } finally {
+      iso.dispose();
+    }
+  });
+
   it('should free promise records once delivered', async () => {
     const iso = new cordon.Isolate();
     try {

@@ -339,6 +339,24 @@ void cdn_engine_ref_release(void* ref);
 /* With the lock held: the host takes a promise record and gives the token
  * hooks->settle receives. */
 void cdn_engine_promise_watch(cdn_engine_promise_t* p, void* token);
+/* A sandbox promise rejected with no handler by the end of a run (or of a
+ * task): its reason (a CDN_VAL_ERROR or a value) and the host pointer of
+ * its context. Converted with the run's deadline still armed. */
+typedef struct {
+  void* context_host;
+  cdn_value_t reason;
+} cdn_rejection_t;
+
+/* With the lock held, at the end of an outermost run or task drain, with
+ * its deadline still armed: report promises left rejected unhandled. */
+void cdn_engine_report_rejections(cdn_engine_isolate_t* iso);
+/* Thread-safe: nonzero if reports of unhandled rejections wait. */
+int cdn_engine_has_rejections(cdn_engine_isolate_t* iso);
+/* Thread-safe: take the reports of unhandled rejections (a malloc'd
+ * array; the caller frees each reason and the array). */
+size_t cdn_engine_take_rejections(cdn_engine_isolate_t* iso,
+                                  cdn_rejection_t** out);
+
 /* Thread-safe: nonzero if settlements of watched promises wait. */
 int cdn_engine_has_settled(cdn_engine_isolate_t* iso);
 /* With the lock held: take the settlements of watched promises (a

@@ -173,6 +173,14 @@ struct cdn_engine_isolate_s {
   // Levels of cdn_engine_lock on the holding thread; only it touches this.
   int lock_depth = 0;
 
+  // Promises rejected with no handler, until the run ends (under the
+  // lock), then their reports, for the host (under reports_mu).
+  std::vector<std::pair<v8::Global<v8::Promise>, v8::Global<v8::Value>>>
+      unhandled;
+  std::mutex reports_mu;
+  std::vector<cdn_rejection_t> reports;
+  std::atomic<size_t> reports_pending{0};
+
   // Records not yet freed, for dispose.
   cordon::Record* records = nullptr;
   size_t contexts = 0;
@@ -383,6 +391,11 @@ void AttachImport(cdn_engine_isolate_t* iso, v8::Local<v8::Symbol> symbol,
                   v8::Local<v8::Module> module);
 // Release src's tokens when nothing was compiled.
 void ReleaseImportTokens(cdn_engine_isolate_t* iso, const cdn_source_t* src);
+
+// promise.cc: unhandled rejections. Called by V8, and, with the run's
+// deadline still armed, at the end of each outermost run and task drain.
+void OnPromiseReject(v8::PromiseRejectMessage message);
+void ReportRejections(cdn_engine_isolate_t* iso);
 
 // promise.cc: a sandbox promise leaving by reference.
 PromiseRecord* WatchPromise(v8::Isolate* isolate,

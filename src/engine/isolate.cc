@@ -251,6 +251,7 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
     Local<v8::Context> internal = v8::Context::New(isolate);
     iso->internal_context.Reset(isolate, internal);
     cordon::InitImports(iso, internal);
+    isolate->SetPromiseRejectCallback(cordon::OnPromiseReject);
     v8::HeapStatistics hs;
     isolate->GetHeapStatistics(&hs);
     iso->heap_limit = hs.heap_size_limit();
@@ -276,6 +277,9 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
     iso->import_set.Reset();
     iso->import_key.Reset();
     iso->import_template.Reset();
+    iso->unhandled.clear();
+    for (cdn_rejection_t& r : iso->reports) cdn_value_free(&r.reason);
+    iso->reports.clear();
   }
   // As Node does for its workers: unregister right before Dispose, with no
   // lock held.
@@ -318,7 +322,8 @@ extern "C" void cdn_engine_cancel_terminate(cdn_engine_isolate_t* iso) {
 
 extern "C" int cdn_engine_has_work(cdn_engine_isolate_t* iso) {
   return iso->tasks->HasWork() ||
-         iso->settled_pending.load(std::memory_order_acquire) != 0;
+         iso->settled_pending.load(std::memory_order_acquire) != 0 ||
+         iso->reports_pending.load(std::memory_order_acquire) != 0;
 }
 
 extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,

@@ -157,9 +157,83 @@ v8::MaybeLocal<v8::Promise> AdoptHostPromise(
   return resolver->GetPromise();
 }
 
+void OnPromiseReject(v8::PromiseRejectMessage message) {
+  Local<v8::Promise> promise = message.GetPromise();
+  Isolate* isolate = promise->GetIsolate();
+  auto* iso = static_cast<cdn_engine_isolate_t*>(isolate->GetData(0));
+  auto& list = iso->unhandled;
+  switch (message.GetEvent()) {
+    case v8::kPromiseRejectWithNoHandler:
+      list.emplace_back(v8::Global<v8::Promise>(isolate, promise),
+                        v8::Global<Value>(isolate, message.GetValue()));
+      break;
+    case v8::kPromiseHandlerAddedAfterReject:
+      for (size_t i = 0; i < list.size(); i++) {
+        if (list[i].first == promise) {
+          list.erase(list.begin() + static_cast<long>(i));
+          break;
+        }
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+void ReportRejections(cdn_engine_isolate_t* iso) {
+  if (iso->unhandled.empty() || iso->lock_depth != 1) return;
+  Isolate* isolate = iso->isolate;
+  HandleScope handle_scope(isolate);
+  auto list = std::move(iso->unhandled);
+  iso->unhandled.clear();
+  for (auto& entry : list) {
+    if (isolate->IsExecutionTerminating()) break;
+    Local<v8::Promise> promise = entry.first.Get(isolate);
+    Local<Context> context;
+    if (!promise->GetCreationContext().ToLocal(&context)) continue;
+    auto* crec = static_cast<ContextRecord*>(
+        context->GetAlignedPointerFromEmbedderData(kContextRecordSlot));
+    if (crec == nullptr || crec->host == nullptr) continue;
+    Context::Scope context_scope(context);
+    TryCatch try_catch(isolate);
+    cdn_rejection_t r{crec->host, {}};
+    if (ThrownToHost(isolate, context, entry.second.Get(isolate), crec->link,
+                     &r.reason) != CDN_OK) {
+      cdn_value_free(&r.reason);
+      continue;
+    }
+    std::lock_guard<std::mutex> lock(iso->reports_mu);
+    iso->reports.push_back(r);
+    iso->reports_pending.fetch_add(1, std::memory_order_release);
+  }
+  if (iso->reports_pending.load() != 0) iso->hooks.wake(iso->hooks.data);
+}
+
 }  // namespace cordon
 
 using cordon::PromiseRecord;
+
+extern "C" int cdn_engine_has_rejections(cdn_engine_isolate_t* iso) {
+  return iso->reports_pending.load(std::memory_order_acquire) != 0;
+}
+
+extern "C" void cdn_engine_report_rejections(cdn_engine_isolate_t* iso) {
+  cordon::ReportRejections(iso);
+}
+
+extern "C" size_t cdn_engine_take_rejections(cdn_engine_isolate_t* iso,
+                                             cdn_rejection_t** out) {
+  std::lock_guard<std::mutex> lock(iso->reports_mu);
+  *out = nullptr;
+  size_t n = iso->reports.size();
+  iso->reports_pending.store(0, std::memory_order_release);
+  if (n == 0) return 0;
+  *out = static_cast<cdn_rejection_t*>(malloc(n * sizeof(cdn_rejection_t)));
+  if (*out == nullptr) abort();
+  for (size_t i = 0; i < n; i++) (*out)[i] = iso->reports[i];
+  iso->reports.clear();
+  return n;
+}
 using cordon::ResolverRecord;
 
 extern "C" cdn_ref_kind cdn_engine_ref_kind(void* ref) {
