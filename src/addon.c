@@ -89,6 +89,7 @@ static void cdn__env_cleanup(void* arg) {
   cdn_env_t* cenv = arg;
   cenv->closing = 1;
   while (cenv->isolates != NULL) iso_dispose(cenv->isolates);
+  prm_settle_orphans(cenv); /* closing: only frees */
   wd_close(&cenv->wd);
 }
 

@@ -30,6 +30,7 @@ static napi_status ctx__import_tokens(napi_env env, cdn_env_t* cenv,
     return napi_generic_failure;
   }
   t->kind = ISO_TOKEN_WEAK;
+  t->next = NULL;
   t->cenv = cenv;
   t->ref = weak;
   src->import_handle = t;

@@ -60,11 +60,13 @@ enum {
   ISO_TOKEN_IMPORT,       /* an import callback (strong) */
   ISO_TOKEN_WEAK          /* a referrer's host handle (weak) */
 };
-typedef struct {
+typedef struct iso_token_s iso_token_t;
+struct iso_token_s {
   int kind;
   cdn_env_t* cenv;
   napi_ref ref;
-} iso_token_t;
+  iso_token_t* next; /* in cenv->orphans */
+};
 
 /* A host-side isolate: what an Isolate handle in lib/ points at. */
 struct iso_s {
@@ -95,6 +97,7 @@ struct cdn_env_s {
   napi_ref adopt;          /* lib's (hostPromise, resolverHandle) */
   napi_ref import_hook;    /* lib's import(): see module.c */
   napi_ref rejection_hook; /* lib's unhandled-rejection report */
+  iso_token_t* orphans;    /* watched promises a dispose dropped */
   /* live host records, for tests */
   int64_t n_isolates;
   int64_t n_contexts;
@@ -210,6 +213,9 @@ napi_status cache_to_napi(napi_env env, uint64_t hash, const uint8_t* data,
 enum { PRM_FULFILLED = 1, PRM_REJECTED = 2, PRM_DISPOSED = 3 };
 napi_status prm_token_new(cdn_env_t* cenv, int kind, napi_value v, void** out);
 void prm_token_release(iso_token_t* t);
+/* After a dispose: reject the host promises of the sandbox promises it
+ * dropped (ERR_ISOLATE_DISPOSED). */
+void prm_settle_orphans(cdn_env_t* cenv);
 /* Make the host promise for a sandbox promise record (the record's token
  * is now lib's deferred). */
 napi_status prm_watch(napi_env env, iso_t* iso, cdn_engine_promise_t* p,

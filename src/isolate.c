@@ -323,6 +323,7 @@ void iso_dispose(iso_t* iso) {
   }
   cdn_engine_isolate_dispose(iso->engine);
   iso->engine = NULL;
+  prm_settle_orphans(cenv);
   iso->wake = NULL;
   wake->iso = NULL;
   wake->closing = 2;

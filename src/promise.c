@@ -39,6 +39,7 @@ napi_status prm_token_new(cdn_env_t* cenv, int kind, napi_value v, void** out) {
   if (t == NULL) return napi_generic_failure;
   t->kind = kind;
   t->cenv = cenv;
+  t->next = NULL;
   if (napi_create_reference(cenv->env, v, 1, &t->ref) != napi_ok) {
     free(t);
     return napi_generic_failure;
@@ -88,12 +89,26 @@ static void prm__settle(napi_env env, iso_t* iso, iso_token_t* t, int state,
 void prm_token_release(iso_token_t* t) {
   napi_env env = t->cenv->env;
   if (t->kind == ISO_TOKEN_WATCH && !t->cenv->closing) {
-    /* The engine dropped a watched promise unsettled: its isolate is
-     * being disposed. The host promise rejects with ERR_ISOLATE_DISPOSED. */
-    prm__settle(env, NULL, t, PRM_DISPOSED, NULL, 0);
+    /* The engine dropped a watched promise unsettled: its isolate is being
+     * disposed, inside the engine. The host promise rejects with
+     * ERR_ISOLATE_DISPOSED once that is done (prm_settle_orphans): no host
+     * code runs while the engine frees its records. */
+    t->next = t->cenv->orphans;
+    t->cenv->orphans = t;
+    return;
   }
   napi_delete_reference(env, t->ref);
   free(t);
+}
+
+void prm_settle_orphans(cdn_env_t* cenv) {
+  while (cenv->orphans != NULL) {
+    iso_token_t* t = cenv->orphans;
+    cenv->orphans = t->next;
+    if (!cenv->closing) prm__settle(cenv->env, NULL, t, PRM_DISPOSED, NULL, 0);
+    napi_delete_reference(cenv->env, t->ref);
+    free(t);
+  }
 }
 
 napi_status prm_watch(napi_env env, iso_t* iso, cdn_engine_promise_t* p,
