@@ -99,7 +99,7 @@ function shadow(value, fns, wrap, seen, depth) {
     }
     return ref;
   }
-    if (value === null || typeof value !== 'object') return value;
+  if (value === null || typeof value !== 'object') return value;
   if (seen.has(value)) return seen.get(value);
   if (isPromise(value)) {
     const ref = new PromiseRef(fns.length);
