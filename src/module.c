@@ -217,24 +217,6 @@ static napi_value mod__js_link(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* moduleInContext(module, context) -> boolean */
-static napi_value mod__js_in_context(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2], result;
-  iso_t* iso;
-  mod_t* m;
-  cdn_engine_context_t* ctx;
-  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  m = mod__get(env, argv[0]);
-  ctx = ctx_live(env, argv[1], &iso);
-  if (ctx == NULL) return NULL;
-  CDN_CALL(env, napi_get_boolean(env,
-                                 m->iso == iso && cdn_engine_module_in_context(
-                                                      m->engine, ctx),
-                                 &result));
-  return result;
-}
-
 typedef struct {
   cdn_engine_resolver_t* resolver;
   cdn_engine_module_t* module;
@@ -273,8 +255,6 @@ napi_value mod_init_exports(napi_env env, napi_value exports) {
       {"moduleLink", NULL, mod__js_link, NULL, NULL, NULL, napi_default, NULL},
       {"moduleEvaluate", NULL, mod__js_evaluate, NULL, NULL, NULL, napi_default,
        NULL},
-      {"moduleInContext", NULL, mod__js_in_context, NULL, NULL, NULL,
-       napi_default, NULL},
       {"importResolve", NULL, mod__js_resolve, NULL, NULL, NULL, napi_default,
        NULL},
   };

@@ -319,9 +319,6 @@ int cdn_engine_module_evaluate(cdn_engine_module_t* m, cdn_value_t* out);
 /* With the lock held: resolve an import() with an evaluated module's
  * namespace (or reject it with the module's error). */
 int cdn_engine_import_resolve(cdn_engine_resolver_t* r, cdn_engine_module_t* m);
-/* Nonzero if both share a context. */
-int cdn_engine_module_in_context(cdn_engine_module_t* m,
-                                 cdn_engine_context_t* ctx);
 
 /* With the lock held: call a sandbox function with `argc` values. The
  * engine takes the refs of this_arg and of every argument. */

@@ -356,12 +356,6 @@ extern "C" void cdn_engine_context_set_host(cdn_engine_context_t* ctx,
   reinterpret_cast<ContextRecord*>(ctx)->host = host;
 }
 
-extern "C" int cdn_engine_module_in_context(cdn_engine_module_t* m,
-                                            cdn_engine_context_t* ctx) {
-  return reinterpret_cast<ModuleRecord*>(m)->link->rec ==
-         reinterpret_cast<ContextRecord*>(ctx);
-}
-
 extern "C" int cdn_engine_module_new(cdn_engine_context_t* ctx,
                                      const cdn_source_t* src,
                                      cdn_engine_module_t** out,
