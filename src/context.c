@@ -15,26 +15,13 @@ typedef struct {
 static napi_status ctx__import_tokens(napi_env env, cdn_env_t* cenv,
                                       napi_value* import, cdn_source_t* src) {
   napi_valuetype type;
-  napi_ref weak;
-  iso_token_t* t;
   CDN_CHECK(napi_typeof(env, import[0], &type));
   if (type != napi_function) return napi_ok;
   CDN_CHECK(
       prm_token_new(cenv, ISO_TOKEN_IMPORT, import[0], &src->import_callback));
   CDN_CHECK(napi_typeof(env, import[1], &type));
   if (type != napi_object && type != napi_function) return napi_ok;
-  CDN_CHECK(napi_create_reference(env, import[1], 0, &weak));
-  t = malloc(sizeof(*t));
-  if (t == NULL) {
-    napi_delete_reference(env, weak);
-    return napi_generic_failure;
-  }
-  t->kind = ISO_TOKEN_WEAK;
-  t->next = NULL;
-  t->cenv = cenv;
-  t->ref = weak;
-  src->import_handle = t;
-  return napi_ok;
+  return prm_token_new(cenv, ISO_TOKEN_WEAK, import[1], &src->import_handle);
 }
 
 napi_status ctx_source(napi_env env, cdn_env_t* cenv, napi_value* argv,
@@ -105,13 +92,20 @@ static napi_value ctx__result(napi_env env, iso_t* iso, int err,
 
 /* ---- contexts --------------------------------------------------------- */
 
-static void ctx__finalize(napi_env env, void* data, void* hint) {
-  ctx_t* ctx = data;
-  (void)hint;
+/* Let go of the engine context: its code may still run (a late task), so
+ * it forgets this record first. */
+static void ctx__release(ctx_t* ctx) {
   if (ctx->engine != NULL && ctx->iso->engine != NULL) {
     cdn_engine_context_set_host(ctx->engine, NULL);
     cdn_engine_context_release(ctx->engine);
   }
+  ctx->engine = NULL;
+}
+
+static void ctx__finalize(napi_env env, void* data, void* hint) {
+  ctx_t* ctx = data;
+  (void)hint;
+  ctx__release(ctx);
   if (ctx->self != NULL) napi_delete_reference(env, ctx->self);
   ctx->iso->env->n_contexts--;
   iso_unref(ctx->iso);
@@ -169,14 +163,8 @@ static napi_value ctx__js_new(napi_env env, napi_callback_info info) {
 static napi_value ctx__js_dispose(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  ctx_t* ctx;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  ctx = ctx__external(env, argv[0]);
-  if (ctx->engine != NULL && ctx->iso->engine != NULL) {
-    cdn_engine_context_set_host(ctx->engine, NULL);
-    cdn_engine_context_release(ctx->engine);
-  }
-  ctx->engine = NULL;
+  ctx__release(ctx__external(env, argv[0]));
   return NULL;
 }
 

@@ -25,16 +25,13 @@ struct iso_wake_s {
 
 static void iso__run_tasks_locked(iso_t* iso);
 
-/* Nonzero when `e` fired: cancels that termination, and terminates again if
- * an enclosing run of the same isolate had also passed its deadline (the
- * cancel just cleared that one's request too). */
+/* Nonzero when `e` fired: cancels that termination. (An enclosing run's
+ * deadline that fired too is terminated again by iso_call() once this run
+ * has returned: the cancel cleared its request as well.) */
 static int iso__disarm(iso_t* iso, wd_entry_t* e) {
   int fired = wd_disarm(&iso->env->wd, e);
   iso->top = e->outer;
-  if (fired) {
-    cdn_engine_cancel_terminate(iso->engine);
-    if (e->outer != NULL) wd_refire(&iso->env->wd, e->outer);
-  }
+  if (fired) cdn_engine_cancel_terminate(iso->engine);
   return fired;
 }
 
@@ -293,6 +290,7 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
   hooks.adopt = iso__adopt;
   hooks.import = iso__import;
   if (cdn_engine_isolate_new(&opts, &hooks, &iso->engine) != CDN_OK) {
+    if (iso->async != NULL) napi_async_destroy(cenv->env, iso->async);
     iso->engine = NULL;
     wake->iso = NULL;
     wake->closing = 2;
@@ -422,38 +420,44 @@ static int iso__stats_body(void* arg, cdn_value_t* out) {
 }
 
 static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
+  size_t argc = 1, i;
   napi_value argv[1], obj;
   cdn_value_t out;
   cdn_heap_stats_t hs;
   void* args[2];
   iso_t* iso;
+  int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   iso = iso_from_handle(env, argv[0]);
   if (!iso_alive(iso)) return cdn_throw(env, iso->env, CDN_KDISPOSED, NULL);
   args[0] = iso->engine;
   args[1] = &hs;
-  (void)iso_call(iso, 0, iso__stats_body, args, &out);
-  CDN_CALL(env, napi_create_object(env, &obj));
-  CDN_CALL(env,
-           iso__set_num(env, obj, "totalHeapSize", (double)hs.total_heap_size));
-  CDN_CALL(env,
-           iso__set_num(env, obj, "usedHeapSize", (double)hs.used_heap_size));
-  CDN_CALL(env,
-           iso__set_num(env, obj, "heapSizeLimit", (double)hs.heap_size_limit));
-  CDN_CALL(env, iso__set_num(env, obj, "externalMemory",
-                             (double)hs.external_memory));
-  CDN_CALL(env, iso__set_num(env, obj, "arrayBufferBytes",
-                             (double)hs.array_buffers));
-  CDN_CALL(env, iso__set_num(env, obj, "contexts", (double)hs.contexts));
-  CDN_CALL(env, iso__set_num(env, obj, "scripts", (double)hs.scripts));
-  CDN_CALL(env, iso__set_num(env, obj, "callbacks", (double)hs.callbacks));
-  CDN_CALL(env, iso__set_num(env, obj, "functions", (double)hs.functions));
-  CDN_CALL(env, iso__set_num(env, obj, "promises", (double)hs.promises));
-  CDN_CALL(env, iso__set_num(env, obj, "resolvers", (double)hs.resolvers));
-  CDN_CALL(env, iso__set_num(env, obj, "modules", (double)hs.modules));
-  CDN_CALL(env, iso__set_num(env, obj, "importHosts", (double)hs.import_hosts));
-  CDN_CALL(env, iso__set_num(env, obj, "tasksRun", (double)hs.tasks_run));
+  err = iso_call(iso, 0, iso__stats_body, args, &out);
+  if (err != CDN_OK) return cdn_throw(env, iso->env, err, &out);
+  {
+    const struct {
+      const char* key;
+      double value;
+    } fields[] = {
+        {"totalHeapSize", (double)hs.total_heap_size},
+        {"usedHeapSize", (double)hs.used_heap_size},
+        {"heapSizeLimit", (double)hs.heap_size_limit},
+        {"externalMemory", (double)hs.external_memory},
+        {"arrayBufferBytes", (double)hs.array_buffers},
+        {"contexts", (double)hs.contexts},
+        {"scripts", (double)hs.scripts},
+        {"callbacks", (double)hs.callbacks},
+        {"functions", (double)hs.functions},
+        {"promises", (double)hs.promises},
+        {"resolvers", (double)hs.resolvers},
+        {"modules", (double)hs.modules},
+        {"importHosts", (double)hs.import_hosts},
+        {"tasksRun", (double)hs.tasks_run},
+    };
+    CDN_CALL(env, napi_create_object(env, &obj));
+    for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+      CDN_CALL(env, iso__set_num(env, obj, fields[i].key, fields[i].value));
+  }
   return obj;
 }
 

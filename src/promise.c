@@ -40,7 +40,9 @@ napi_status prm_token_new(cdn_env_t* cenv, int kind, napi_value v, void** out) {
   t->kind = kind;
   t->cenv = cenv;
   t->next = NULL;
-  if (napi_create_reference(cenv->env, v, 1, &t->ref) != napi_ok) {
+  /* A referrer's handle is held weakly; everything else strongly. */
+  if (napi_create_reference(cenv->env, v, kind == ISO_TOKEN_WEAK ? 0 : 1,
+                            &t->ref) != napi_ok) {
     free(t);
     return napi_generic_failure;
   }
