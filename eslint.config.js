@@ -19,6 +19,7 @@ module.exports = [
       'no-var': 'error',
       eqeqeq: ['error', 'always'],
       strict: ['error', 'global'],
+      indent: ['error', 2, { SwitchCase: 1 }],
     },
   },
   {

@@ -163,6 +163,33 @@ function cordonTeardown({ iso, ctx }) {
   iso.dispose();
 }
 
+// (a, b) => a + b as a reference in isolated-vm, and as a compiled function
+// with a timeout on every call in cordon, for the call rows.
+function ivmAddSetup(ivm) {
+  const isolate = new ivm.Isolate();
+  const context = isolate.createContextSync();
+  const fn = context.evalSync('(a, b) => a + b', { reference: true });
+  return { isolate, context, fn };
+}
+
+function ivmAddTeardown(s) {
+  s.fn.release();
+  s.context.release();
+  s.isolate.dispose();
+}
+
+const cordonAdd = {
+  setup: (cordon) => {
+    const iso = new cordon.Isolate();
+    const fn = cordon.compileFunction('return a + b', ['a', 'b'],
+      { parsingContext: iso.createContext(), timeout: 1000 });
+    return { iso, fn };
+  },
+  // Called as a plain function: a receiver would be copied in.
+  op: ({ fn }) => fn(1, 2),
+  teardown: (s) => s.iso.dispose(),
+};
+
 // ---------------------------------------------------------------------------
 // The rows.
 
@@ -208,8 +235,8 @@ const ROWS = [
     },
   },
 
-    {
-        name: 'call a compiled (a, b) => a + b',
+  {
+    name: 'call a compiled (a, b) => a + b',
     expect: 3,
     // node:vm's function runs in the host's own isolate, unbounded.
     peers: ['ivm'],
@@ -221,30 +248,13 @@ const ROWS = [
       },
       ivm: {
         // applySync without a timeout (the DESIGN.md figure) ...
-        setup: (ivm) => {
-          const isolate = new ivm.Isolate();
-          const context = isolate.createContextSync();
-          const fn = context.evalSync('(a, b) => a + b', { reference: true });
-          return { isolate, context, fn };
-        },
+        setup: ivmAddSetup,
         op: (s) => s.fn.applySync(undefined, [1, 2]),
-        teardown: (s) => {
-          s.fn.release();
-          s.context.release();
-          s.isolate.dispose();
-        },
+        teardown: ivmAddTeardown,
       },
       cordon: {
         // ... and cordon with a timeout armed on every call.
-        setup: (cordon) => {
-          const iso = new cordon.Isolate();
-          const fn = cordon.compileFunction('return a + b', ['a', 'b'],
-            { parsingContext: iso.createContext(), timeout: 1000 });
-          return { iso, fn };
-        },
-        // Called as a plain function: a receiver would be copied in.
-        op: ({ fn }) => fn(1, 2),
-        teardown: (s) => s.iso.dispose(),
+        ...cordonAdd,
       },
     },
   },
@@ -254,29 +264,12 @@ const ROWS = [
     expect: 3,
     impls: {
       ivm: {
-        setup: (ivm) => {
-          const isolate = new ivm.Isolate();
-          const context = isolate.createContextSync();
-          const fn = context.evalSync('(a, b) => a + b', { reference: true });
-          return { isolate, context, fn };
-        },
+        setup: ivmAddSetup,
         op: (s) => s.fn.applySync(undefined, [1, 2], { timeout: 1000 }),
-        teardown: (s) => {
-          s.fn.release();
-          s.context.release();
-          s.isolate.dispose();
-        },
+        teardown: ivmAddTeardown,
       },
       cordon: {
-        setup: (cordon) => {
-          const iso = new cordon.Isolate();
-          const fn = cordon.compileFunction('return a + b', ['a', 'b'],
-            { parsingContext: iso.createContext(), timeout: 1000 });
-          return { iso, fn };
-        },
-        // Called as a plain function: a receiver would be copied in.
-        op: ({ fn }) => fn(1, 2),
-        teardown: (s) => s.iso.dispose(),
+        ...cordonAdd,
       },
     },
   },

@@ -64,7 +64,7 @@ function makeError(kind, name, message, stack, value, code) {
           value: name, writable: true, configurable: true, enumerable: false,
         });
       }
-            Object.defineProperty(error, 'stack', {
+      Object.defineProperty(error, 'stack', {
         value: stack || `${name}: ${message}`, writable: true, configurable: true, enumerable: false,
       });
       if (code !== undefined) error.code = code;
@@ -166,7 +166,7 @@ function errorTuple(error) {
     }
     return [1, 'Error', String(error), undefined];
   } catch {
-        return [1, 'Error', 'a host callback threw a value that could not be read', undefined];
+    return [1, 'Error', 'a host callback threw a value that could not be read', undefined];
   }
 }
 
@@ -184,7 +184,7 @@ function invokeHost(fn, context, encodedArgs) {
     const encoded = encodeIn(context, result);
     return Array.isArray(encoded) ? [0, encoded] : encoded;
   } catch (error) {
-        return [1, 'TypeError',
+    return [1, 'TypeError',
       `The result of host function ${fn.name || '<anonymous>'} cannot be copied into the sandbox: ${error.message}`,
       'ERR_CANNOT_CLONE'];
   }
@@ -211,12 +211,12 @@ function makeProxy(handle, name, length, context, timeout, target = {}) {
   target.context = context;
   target.timeout = timeout;
   const proxy = {
-        // A method: callable with any `this`, and not a constructor.
+    // A method: callable with any `this`, and not a constructor.
     [name](...args) {
-            return callTarget(target, this, args, target.timeout ?? (context ? contextTimeout(context) : 0));
+      return callTarget(target, this, args, target.timeout ?? (context ? contextTimeout(context) : 0));
     },
   }[name];
-    Object.defineProperty(proxy, 'length', { value: length, configurable: true });
+  Object.defineProperty(proxy, 'length', { value: length, configurable: true });
   proxyTargets.set(proxy, target);
   target.proxy = proxy; // for import(): the native side holds `target` weakly
   return proxy;
@@ -226,7 +226,7 @@ function callTarget(target, thisArg, args, timeout) {
   const { context } = target;
   if (context === null) throw new DisposedError('context');
   if (context.isDisposed) throw new DisposedError(context.isolate.isDisposed ? 'isolate' : 'context');
-      const { handle } = target;
+  const { handle } = target;
   const n = args.length;
   const recv = encodeArg(context, thisArg, -1);
   // The hot path of every call: no closure, no spread for a few arguments.
@@ -273,27 +273,20 @@ function encodeArg(context, value, index) {
 // Every call into a sandbox goes through here, so that errors built by
 // makeError know the call's bound and context.
 function bounded(context, timeout, fn) {
+  const result = boundedRaw(context, fn, timeout);
+  return typeof result === 'object' && result !== null ? decodeIn(context, result) : result;
+}
+
+// The same for native calls that return handles rather than values.
+function boundedRaw(context, fn, timeout = activeTimeout) {
   const prevTimeout = activeTimeout;
   const prevContext = activeContext;
   activeTimeout = timeout;
   activeContext = context;
-    let result;
-  try {
-    result = fn();
-  } finally {
-    activeTimeout = prevTimeout;
-    activeContext = prevContext;
-  }
-  return typeof result === 'object' && result !== null ? decodeIn(context, result) : result;
-}
-
-// Native calls that return handles rather than values.
-function boundedRaw(context, fn) {
-  const prevContext = activeContext;
-  activeContext = context;
   try {
     return fn();
   } finally {
+    activeTimeout = prevTimeout;
     activeContext = prevContext;
   }
 }
@@ -323,7 +316,7 @@ class Isolate extends EventEmitter {
   /**
    * @param {{ memoryLimitMB?: number }} [options]
    */
-    constructor(options = {}) {
+  constructor(options = {}) {
     super();
     validateObject(options, 'options');
     let limit = getOption(options, 'memoryLimitMB', 'options.memoryLimitMB');
@@ -402,7 +395,7 @@ class Context {
       if (context.#isolate.isDisposed) throw new DisposedError();
       return context.#handle;
     };
-        contextTimeout = (context) => context.#timeout;
+    contextTimeout = (context) => context.#timeout;
     contextImport = (context) => context.#importCallback;
     contextModules = (context) => context.#modules;
   }
@@ -411,7 +404,7 @@ class Context {
     return typeof value === 'object' && value !== null && #handle in value;
   }
 
-    constructor(token, isolate, timeout, contextObject, importCallback) {
+  constructor(token, isolate, timeout, contextObject, importCallback) {
     if (token !== kConstruct) {
       throw withCode(new TypeError('Illegal constructor: use cordon.createContext()'),
         'ERR_ILLEGAL_CONSTRUCTOR');
@@ -486,7 +479,7 @@ function encodeGlobals(context, contextObject) {
  * globals (copied); its functions become host callbacks.
  */
 function createContext(contextObject, options) {
-    if (contextObject === undefined) contextObject = {};
+  if (contextObject === undefined) contextObject = {};
   else validateObject(contextObject, 'contextObject');
   const opts = optionsObject(options, 'options');
   const isolate = isolateOption(opts);
@@ -546,7 +539,7 @@ function runInContext(code, context, options) {
   validateString(code, 'code');
   validateContext(context, 'contextifiedObject');
   const o = sourceOptions(options, 'options');
-    const handle = contextHandle(context);
+  const handle = contextHandle(context);
   const timeout = o.timeout || contextTimeout(context);
   const importCallback = (typeof options === 'object' ? importOption(o.opts) : undefined) ??
     contextImport(context);
@@ -556,7 +549,7 @@ function runInContext(code, context, options) {
 
 function runInNewContext(code, contextObject, options) {
   validateString(code, 'code');
-    const { opts } = sourceOptions(options, 'options'); // validate before creating anything
+  const { opts } = sourceOptions(options, 'options'); // validate before creating anything
   const context = createContext(contextObject, {
     isolate: getOption(opts, 'isolate', 'options.isolate'),
     importModuleDynamically: importOption(opts),
@@ -599,7 +592,7 @@ class Script {
    * @param {object|string} [options] filename, lineOffset, columnOffset,
    *   cachedData, produceCachedData, isolate
    */
-    constructor(code, options) {
+  constructor(code, options) {
     if (code === kConstruct) {
       // A new handle to a script the sandbox still runs (import()'s
       // referrer, when the host dropped its own).
@@ -669,7 +662,7 @@ function compileFunction(code, params, options) {
     extensions.forEach((e, i) => validateObject(e, `options.contextExtensions[${i}]`));
     extensions = encodeArg(context, extensions, 'options.contextExtensions');
   }
-    const handle = contextHandle(context);
+  const handle = contextHandle(context);
   const importCallback = importOption(o.opts) ?? contextImport(context);
   const target = {}; // held weakly by the native side, for import()'s referrer
   const [encoded, rejected, produced] = boundedRaw(context, () => binding.compileFunction(handle, code,
@@ -819,7 +812,7 @@ async function linkRequests(module, seen) {
   for (let i = 0; i < requests.length; i++) {
     if (callback === undefined) throw missingCallback();
     const [specifier, attributes] = requests[i];
-        const dep = await toModule(await callback(specifier, module, attributes), specifier, context, callback);
+    const dep = await toModule(await callback(specifier, module, attributes), specifier, context, callback);
     if (context.isDisposed) throw new DisposedError('context');
     binding.moduleLink(moduleHandle(module), i, moduleHandle(dep));
     if (!seen.has(dep)) {

@@ -71,7 +71,7 @@ class RefDeserializer extends v8.Deserializer {
 
   _readHostObject() {
     const type = this.readUint32();
-        if (type === FUNCTION_REF || type === PROMISE_REF) return this.proxies[this.readUint32()];
+    if (type === FUNCTION_REF || type === PROMISE_REF) return this.proxies[this.readUint32()];
     const Ctor = VIEW_TYPES[type];
     const byteLength = this.readUint32();
     const raw = this.readRawBytes(byteLength);
@@ -152,7 +152,7 @@ function decode(result, proxy) {
   if (typeof result !== 'object' || result === null) return result;
   if (!Array.isArray(result)) return v8.deserialize(result);
   const [bytes, handles, names, lengths] = result;
-    const proxies = handles.map((h, i) => (lengths[i] < 0 ? h : proxy(h, names[i], lengths[i])));
+  const proxies = handles.map((h, i) => (lengths[i] < 0 ? h : proxy(h, names[i], lengths[i])));
   if (bytes === null) return proxies[0]; // the value is the reference itself
   const des = new RefDeserializer(bytes, proxies);
   des.readHeader();

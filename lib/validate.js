@@ -62,7 +62,7 @@ function validateParams(params, name) {
   const copy = [...params];
   copy.forEach((param, i) => {
     if (typeof param !== 'string') throw invalidArgType(`${name}[${i}]`, 'of type string', param);
-        if (!IDENTIFIER.test(param) || RESERVED.has(param)) {
+    if (!IDENTIFIER.test(param) || RESERVED.has(param)) {
       throw invalidArgValue(`${name}[${i}]`, 'must be an identifier that is not a reserved word', param);
     }
   });
@@ -90,7 +90,7 @@ module.exports = {
   validateObject,
   validateInt32,
   validateTimeout,
-    validateMemoryLimit,
+  validateMemoryLimit,
   validateBoolean,
   validateParams,
   validateCachedData,
