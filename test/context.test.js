@@ -150,7 +150,7 @@ describe('cordon.runInContext()', () => {
     assert.equal(cordon.runInContext('b instanceof Uint8Array && String.fromCharCode(...b)', c), 'hi');
   });
 
-    it('should refuse results that cannot be cloned, naming the type', () => {
+  it('should refuse results that cannot be cloned, naming the type', () => {
     assert.throws(() => cordon.runInContext('Symbol("s")', ctx),
       (e) => e instanceof TypeError && e.code === 'ERR_CANNOT_CLONE' && /symbol/.test(e.message));
     assert.throws(() => cordon.runInContext('({ s: Symbol("s") })', ctx), { code: 'ERR_CANNOT_CLONE' });
@@ -231,7 +231,7 @@ describe('cordon.Script', () => {
     }
   });
 
-    it('should produce and accept code caches, as node:vm does', () => {
+  it('should produce and accept code caches, as node:vm does', () => {
     const source = 'globalThis.v = [1, 2, 3].map((x) => x * 2); v.length';
     const a = new cordon.Script(source, { produceCachedData: true });
     assert.equal(a.cachedDataProduced, true);
@@ -244,7 +244,7 @@ describe('cordon.Script', () => {
     assert.equal(new cordon.Script(source, { cachedData: later }).cachedDataRejected, false);
     const other = new cordon.Script(source.replace('* 2', '* 3'), { cachedData: a.cachedData });
     assert.equal(other.cachedDataRejected, true);
-    assert.deepEqual(other.runInNewContext({}) && cordon.runInNewContext('1'), 1);
+    assert.equal(other.runInNewContext({}), 3);
     assert.throws(() => new cordon.Script('1', { cachedData: 'x' }), { code: 'ERR_INVALID_ARG_TYPE' });
   });
 

@@ -82,7 +82,7 @@ describe('cordon.compileFunction()', () => {
     const b = cordon.compileFunction('return x * 2', ['x'], { cachedData: a.cachedData, filename: 'c.js' });
     assert.equal(b.cachedDataRejected, false);
     assert.equal(b(21), 42);
-        // Same length as the source the cache was made for: V8 alone would take it.
+    // Same length as the source the cache was made for: V8 alone would take it.
     const c = cordon.compileFunction('return x * 3', ['x'], { cachedData: a.cachedData, filename: 'c.js' });
     assert.equal(c.cachedDataRejected, true);
     assert.equal(c(2), 6);
@@ -109,7 +109,7 @@ describe('cordon.compileFunction()', () => {
     assert.throws(() => cordon.compileFunction('', [], { cachedData: [1, 2] }), typeError);
     assert.throws(() => cordon.compileFunction('', [], { produceCachedData: 1 }), typeError);
     assert.throws(() => cordon.compileFunction('', [], { timeout: 0 }), rangeError);
-        assert.throws(() => cordon.compileFunction('', ['class']), rangeError);
+    assert.throws(() => cordon.compileFunction('', ['class']), rangeError);
     assert.throws(() => cordon.compileFunction('', ['eval']), rangeError);
   });
 

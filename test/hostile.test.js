@@ -10,7 +10,7 @@ describe('hostile input', () => {
     const ctx = cordon.createContext();
     assert.equal(cordon.runInContext('"a\\uD800b\\u0000c"', ctx), 'a\uD800b\u0000c');
     assert.equal(cordon.runInContext('"\uDC00".length', ctx, { filename: 'x\uD800\u0000.js' }), 1);
-        // Error messages cross as UTF-8: a lone surrogate arrives replaced.
+    // Error messages cross as UTF-8: a lone surrogate arrives replaced.
     assert.throws(() => cordon.runInContext('throw new Error("a\\uD800")', ctx, 'f\uD800.js'),
       (e) => /^a\uFFFD+$/.test(e.message));
   });
@@ -20,16 +20,16 @@ describe('hostile input', () => {
     const f = cordon.runInContext('(x) => typeof x', ctx);
     const hostile = { get boom() { throw new Error('getter'); }, fn() {} };
     assert.throws(() => f(hostile), { code: 'ERR_CANNOT_CLONE' });
-        // A host proxy is read through its traps, like any object.
+    // A host proxy is read through its traps, like any object.
     assert.equal(f(new Proxy({}, {})), 'object');
-        assert.throws(() => cordon.createContext(new Proxy({ a: 1 }, { getOwnPropertyDescriptor() { throw new Error('trap'); } })),
+    assert.throws(() => cordon.createContext(new Proxy({ a: 1 }, { getOwnPropertyDescriptor() { throw new Error('trap'); } })),
       { code: 'ERR_INVALID_ARG_VALUE' });
   });
 
   it('should turn hostile values from the sandbox into coded errors', () => {
     const ctx = cordon.createContext();
     assert.throws(() => cordon.runInContext('new Proxy({}, { ownKeys() { throw 1 } })', ctx), { code: 'ERR_CANNOT_CLONE' });
-        // A getter that throws while the result is copied: its exception is the
+    // A getter that throws while the result is copied: its exception is the
     // outcome, with and without functions in the value.
     assert.throws(() => cordon.runInContext('({ get x() { throw new RangeError("from a getter") } })', ctx),
       (e) => e instanceof RangeError && e.message === 'from a getter');

@@ -120,7 +120,7 @@ describe('dynamic import()', () => {
     }
   });
 
-    it('should hand over a new Script handle when the host dropped its own', async () => {
+  it('should hand over a new Script handle when the host dropped its own', async () => {
     const iso = new cordon.Isolate();
     try {
       const ctx = iso.createContext();
@@ -230,7 +230,7 @@ describe('import() lifetimes', () => {
       const hostBefore = cordon.liveRecords();
       const engineBefore = iso.getHeapStatistics();
       const rssBefore = process.memoryUsage().rss;
-            // Seed 000's 10 000 iterations; a tenth under AddressSanitizer, whose
+      // Seed 000's 10 000 iterations; a tenth under AddressSanitizer, whose
       // run looks for memory errors and would take minutes here.
       const iterations = process.env.CORDON_ASAN === '1' ? 1000 : 10000;
       for (let i = 0; i < iterations; i++) {

@@ -23,7 +23,7 @@ describe('memory limits', () => {
     }
   });
 
-    it('should bound ArrayBuffer backing stores too, and keep the host alive', function () {
+  it('should bound ArrayBuffer backing stores too, and keep the host alive', function () {
     this.timeout(60000);
     const iso = new cordon.Isolate({ memoryLimitMB: 64 });
     try {
