@@ -1,6 +1,6 @@
 /* watchdog.h: one thread per Node environment that enforces every deadline.
  *
- * A run arms an entry (a few dozen nanoseconds: a mutex and a list insert,
+ * A run arms an entry (cheap: a mutex and a list insert,
  * and a condition signal only when the new deadline is earlier than the one
  * the thread sleeps towards) and disarms it when it returns. When a deadline
  * passes, the watchdog terminates the entry's isolate and marks the entry
