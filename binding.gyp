@@ -14,6 +14,7 @@
         "src/isolate.c",
         "src/module.c",
         "src/promise.c",
+        "src/runner.c",
         "src/value.c",
         "src/watchdog.c",
         "src/engine/context.cc",

@@ -3,13 +3,19 @@
 // Errors cordon throws. Every one has a stable `code`.
 
 class TimeoutError extends Error {
-  constructor(timeout) {
+  /**
+   * @param {number} timeout the bound that fired, in ms
+   * @param {'wall'|'cpu'} [clock] wall-clock `timeout` or `cpuTimeout`
+   */
+  constructor(timeout, clock = 'wall') {
+    const of = clock === 'cpu' ? ' of CPU time' : '';
     super(timeout > 0
-      ? `Script execution timed out after ${timeout}ms`
+      ? `Script execution timed out after ${timeout}ms${of}`
       : 'Script execution timed out');
     this.name = 'TimeoutError';
     this.code = 'ERR_SCRIPT_EXECUTION_TIMEOUT';
     this.timeout = timeout;
+    this.clock = clock;
   }
 }
 

@@ -38,6 +38,9 @@ const EDISPOSED = -6;
 const KDISPOSED = -100;
 const KTIMEOUT = -101;
 const KDEPTH = -102;
+const KCPUTIMEOUT = -103;
+const KBUSY = -104;
+const KSHUTDOWN = -105;
 
 const STANDARD_ERRORS = {
   Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError,
@@ -47,6 +50,7 @@ const STANDARD_ERRORS = {
 // which context it runs in, for the memory limit's and for proxies of
 // functions in a thrown value.
 let activeTimeout = 0;
+let activeCpuTimeout = 0;
 let activeContext = null;
 
 // Called by the native layer to build the error a failed call throws.
@@ -73,6 +77,14 @@ function makeError(kind, name, message, stack, value, code) {
     case ETERMINATED:
     case KTIMEOUT:
       return new TimeoutError(activeTimeout);
+    case KCPUTIMEOUT:
+      return new TimeoutError(activeCpuTimeout, 'cpu');
+    case KBUSY:
+      return withCode(new Error(
+        'A host callback of an async run called into the same isolate synchronously, which would wait for ' +
+        'itself; use the async form (context.run, script.run, cordon.applyAsync) there'), 'ERR_ISOLATE_BUSY');
+    case KSHUTDOWN:
+      return withCode(new Error('The process is exiting: async runs were stopped'), 'ERR_CORDON_SHUTDOWN');
     case ECLONE:
       return withCode(new TypeError(message || 'A value could not be copied across the sandbox boundary'),
         'ERR_CANNOT_CLONE');
@@ -155,6 +167,9 @@ function rejectionHook(context, value, name, message, stack, code) {
 }
 
 binding.setup(makeError, makeDeferred, adopt, importHook, rejectionHook);
+// process.exit() runs no cleanup hooks: stop the runner threads before
+// Node tears the platform down under them.
+process.on('exit', () => binding.shutdown());
 
 // ---- values and functions across the boundary -------------------------------
 
@@ -210,10 +225,12 @@ function makeProxy(handle, name, length, context, timeout, target = {}) {
   target.handle = handle;
   target.context = context;
   target.timeout = timeout;
+  target.cpuTimeout ??= 0;
   const proxy = {
     // A method: callable with any `this`, and not a constructor.
     [name](...args) {
-      return callTarget(target, this, args, target.timeout ?? (context ? contextTimeout(context) : 0));
+      return callTarget(target, this, args, target.timeout ?? (context ? contextTimeout(context) : 0),
+        target.cpuTimeout);
     },
   }[name];
   Object.defineProperty(proxy, 'length', { value: length, configurable: true });
@@ -222,34 +239,43 @@ function makeProxy(handle, name, length, context, timeout, target = {}) {
   return proxy;
 }
 
-function callTarget(target, thisArg, args, timeout) {
+function targetContext(target) {
   const { context } = target;
   if (context === null) throw new DisposedError('context');
   if (context.isDisposed) throw new DisposedError(context.isolate.isDisposed ? 'isolate' : 'context');
+  return context;
+}
+
+function callTarget(target, thisArg, args, timeout, cpuTimeout) {
+  const context = targetContext(target);
   const { handle } = target;
   const n = args.length;
   const recv = encodeArg(context, thisArg, -1);
   // The hot path of every call: no closure, no spread for a few arguments.
   const prevTimeout = activeTimeout;
+  const prevCpuTimeout = activeCpuTimeout;
   const prevContext = activeContext;
   activeTimeout = timeout;
+  activeCpuTimeout = cpuTimeout;
   activeContext = context;
   let result;
   try {
     switch (n) {
-      case 0: result = binding.call(handle, timeout, recv); break;
-      case 1: result = binding.call(handle, timeout, recv, encodeArg(context, args[0], 0)); break;
+      case 0: result = binding.call(handle, timeout, cpuTimeout, recv); break;
+      case 1: result = binding.call(handle, timeout, cpuTimeout, recv, encodeArg(context, args[0], 0)); break;
       case 2:
-        result = binding.call(handle, timeout, recv, encodeArg(context, args[0], 0), encodeArg(context, args[1], 1));
+        result = binding.call(handle, timeout, cpuTimeout, recv, encodeArg(context, args[0], 0),
+          encodeArg(context, args[1], 1));
         break;
       default: {
         const encoded = new Array(n);
         for (let i = 0; i < n; i++) encoded[i] = encodeArg(context, args[i], i);
-        result = binding.call(handle, timeout, recv, ...encoded);
+        result = binding.call(handle, timeout, cpuTimeout, recv, ...encoded);
       }
     }
   } finally {
     activeTimeout = prevTimeout;
+    activeCpuTimeout = prevCpuTimeout;
     activeContext = prevContext;
   }
   return typeof result === 'object' && result !== null ? decodeIn(context, result) : result;
@@ -271,24 +297,46 @@ function encodeArg(context, value, index) {
 }
 
 // Every call into a sandbox goes through here, so that errors built by
-// makeError know the call's bound and context.
-function bounded(context, timeout, fn) {
-  const result = boundedRaw(context, fn, timeout);
+// makeError know the call's bounds and context.
+function bounded(context, timeout, fn, cpuTimeout = 0) {
+  const result = boundedRaw(context, fn, timeout, cpuTimeout);
   return typeof result === 'object' && result !== null ? decodeIn(context, result) : result;
 }
 
 // The same for native calls that return handles rather than values.
-function boundedRaw(context, fn, timeout = activeTimeout) {
+function boundedRaw(context, fn, timeout = activeTimeout, cpuTimeout = activeCpuTimeout) {
   const prevTimeout = activeTimeout;
+  const prevCpuTimeout = activeCpuTimeout;
   const prevContext = activeContext;
   activeTimeout = timeout;
+  activeCpuTimeout = cpuTimeout;
   activeContext = context;
   try {
     return fn();
   } finally {
     activeTimeout = prevTimeout;
+    activeCpuTimeout = prevCpuTimeout;
     activeContext = prevContext;
   }
+}
+
+// An async call: `start(done)` queues a job on a runner thread; the native
+// layer holds `done` until it calls done(0, result) or done(status,
+// ...makeError's arguments) from the host loop. `done.keep` holds the
+// handles the job uses (a Script, a function's target) until then.
+function runAsync(context, timeout, cpuTimeout, keep, start) {
+  return new Promise((resolve, reject) => {
+    // done(0, result), or done(status, kind, name, message, stack, value, code)
+    const done = (status, a, name, message, stack, value, code) => {
+      if (status === 0) {
+        resolve(typeof a === 'object' && a !== null ? decodeIn(context, a) : a);
+        return;
+      }
+      reject(boundedRaw(context, () => makeError(a, name, message, stack, value, code), timeout, cpuTimeout));
+    };
+    done.keep = keep;
+    start(done);
+  });
 }
 
 // ---- isolates ---------------------------------------------------------------
@@ -345,6 +393,25 @@ class Isolate extends EventEmitter {
 
   getHeapStatistics() {
     return binding.isolateStats(isolateHandle(this));
+  }
+
+  /**
+   * Wall-clock time the isolate has spent running (sync and async runs and
+   * its tasks), in nanoseconds.
+   * @returns {bigint}
+   */
+  get wallTime() {
+    return binding.isolateTimes(isolateHandle(this))[0];
+  }
+
+  /**
+   * CPU time the sandbox has spent, in nanoseconds, host callbacks left
+   * out. Async runs and runs with a cpuTimeout read the thread's CPU clock;
+   * other sync runs count their wall time (see docs/api.md).
+   * @returns {bigint}
+   */
+  get cpuTime() {
+    return binding.isolateTimes(isolateHandle(this))[1];
   }
 
   /** A full garbage collection of the sandbox heap (diagnostics, tests). */
@@ -434,6 +501,29 @@ class Context {
     return runInContext(code, this, options);
   }
 
+  /**
+   * Run code in this context on a runner thread; resolves with its
+   * completion value. The host's event loop keeps turning meanwhile.
+   * @param {string} code
+   * @param {object|string} [options] filename, lineOffset, columnOffset,
+   *   timeout, cpuTimeout, importModuleDynamically
+   * @returns {Promise<any>}
+   */
+  run(code, options) {
+    try {
+      validateString(code, 'code');
+      const o = sourceOptions(options, 'options');
+      const handle = contextHandle(this);
+      const timeout = o.timeout || this.#timeout;
+      const importCallback = (typeof options === 'object' ? importOption(o.opts) : undefined) ??
+        this.#importCallback;
+      return runAsync(this, timeout, o.cpuTimeout, this, (done) => binding.runAsync(handle, code, o.filename,
+        o.lineOffset, o.columnOffset, timeout, importCallback, o.cpuTimeout, done));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
   /** Free the context. Idempotent. */
   dispose() {
     if (this.#disposed) return;
@@ -512,7 +602,9 @@ function validateContext(context, name) {
 // string or an options object.
 function sourceOptions(options, name) {
   if (typeof options === 'string') {
-    return { opts: { filename: options }, filename: options, lineOffset: 0, columnOffset: 0, timeout: 0 };
+    return {
+      opts: { filename: options }, filename: options, lineOffset: 0, columnOffset: 0, timeout: 0, cpuTimeout: 0,
+    };
   }
   const opts = optionsObject(options, name);
   let filename = getOption(opts, 'filename', `${name}.filename`);
@@ -525,14 +617,19 @@ function sourceOptions(options, name) {
   if (columnOffset === undefined) columnOffset = 0;
   else validateInt32(columnOffset, `${name}.columnOffset`);
   const timeout = validateTimeout(getOption(opts, 'timeout', `${name}.timeout`), `${name}.timeout`);
-  return { opts, filename, lineOffset, columnOffset, timeout };
+  const cpuTimeout = validateTimeout(getOption(opts, 'cpuTimeout', `${name}.cpuTimeout`), `${name}.cpuTimeout`);
+  return { opts, filename, lineOffset, columnOffset, timeout, cpuTimeout };
 }
 
-function runTimeout(options, context) {
-  if (options === undefined) return contextTimeout(context);
+// { timeout, cpuTimeout } of a run's options; the context's timeout when
+// none is given.
+function runBounds(options, context) {
+  if (options === undefined) return { timeout: contextTimeout(context), cpuTimeout: 0 };
   const opts = optionsObject(options, 'options');
-  return validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout') ||
+  const timeout = validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout') ||
     contextTimeout(context);
+  const cpuTimeout = validateTimeout(getOption(opts, 'cpuTimeout', 'options.cpuTimeout'), 'options.cpuTimeout');
+  return { timeout, cpuTimeout };
 }
 
 function runInContext(code, context, options) {
@@ -544,7 +641,8 @@ function runInContext(code, context, options) {
   const importCallback = (typeof options === 'object' ? importOption(o.opts) : undefined) ??
     contextImport(context);
   return bounded(context, timeout,
-    () => binding.run(handle, code, o.filename, o.lineOffset, o.columnOffset, timeout, importCallback));
+    () => binding.run(handle, code, o.filename, o.lineOffset, o.columnOffset, timeout, importCallback, o.cpuTimeout),
+    o.cpuTimeout);
 }
 
 function runInNewContext(code, contextObject, options) {
@@ -623,13 +721,36 @@ class Script {
   }
 
   runInContext(context, options) {
+    const handle = this.#contextFor(context);
+    const { timeout, cpuTimeout } = runBounds(options, context);
+    return bounded(context, timeout, () => binding.scriptRun(this.#handle, handle, timeout, cpuTimeout), cpuTimeout);
+  }
+
+  /**
+   * Run the script in `context` on a runner thread; resolves with its
+   * completion value.
+   * @param {Context} context
+   * @param {{ timeout?: number, cpuTimeout?: number }} [options]
+   * @returns {Promise<any>}
+   */
+  run(context, options) {
+    try {
+      const handle = this.#contextFor(context);
+      const { timeout, cpuTimeout } = runBounds(options, context);
+      const script = this.#handle;
+      return runAsync(context, timeout, cpuTimeout, [this, context],
+        (done) => binding.scriptRunAsync(script, handle, timeout, cpuTimeout, done));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  #contextFor(context) {
     validateContext(context, 'contextifiedObject');
     if (context.isolate !== this.#isolate) {
       throw errors.invalidArgValue('contextifiedObject', 'must be a context of the isolate the script was compiled in', context);
     }
-    const timeout = runTimeout(options, context);
-    const handle = contextHandle(context);
-    return bounded(context, timeout, () => binding.scriptRun(this.#handle, handle, timeout));
+    return contextHandle(context);
   }
 
   runInNewContext(contextObject, options) {
@@ -669,6 +790,7 @@ function compileFunction(code, params, options) {
     o.filename, o.lineOffset, o.columnOffset, params, extensions, cache.cachedData, cache.produceCachedData,
     importCallback, target));
   const [, [fnHandle], [name], [length]] = encoded;
+  target.cpuTimeout = o.cpuTimeout;
   const fn = makeProxy(fnHandle, name, length, context, o.timeout || undefined, target);
   setCacheResult(fn, cache, rejected, produced);
   return fn;
@@ -678,15 +800,39 @@ function compileFunction(code, params, options) {
  * Call a sandbox function with `thisArg` and `args`, bounded by
  * `options.timeout` instead of the function's default.
  */
-function apply(fn, thisArg, args, options) {
+function applyArgs(fn, args, options) {
   const target = typeof fn === 'function' ? proxyTargets.get(fn) : undefined;
   if (target === undefined) throw errors.invalidArgType('fn', 'a function from a cordon sandbox', fn);
   if (args === undefined) args = [];
   else if (!Array.isArray(args)) throw errors.invalidArgType('args', 'an array', args);
   const opts = optionsObject(options, 'options');
   const timeout = validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout') ||
-    target.timeout || contextTimeout(target.context);
-  return callTarget(target, thisArg, args, timeout);
+    target.timeout || (target.context ? contextTimeout(target.context) : 0);
+  const cpuTimeout = validateTimeout(getOption(opts, 'cpuTimeout', 'options.cpuTimeout'), 'options.cpuTimeout') ||
+    target.cpuTimeout;
+  return { target, args, timeout, cpuTimeout };
+}
+
+function apply(fn, thisArg, args, options) {
+  const a = applyArgs(fn, args, options);
+  return callTarget(a.target, thisArg, a.args, a.timeout, a.cpuTimeout);
+}
+
+/**
+ * apply() on a runner thread: resolves with what the sandbox function
+ * returned. The host's event loop keeps turning meanwhile.
+ */
+function applyAsync(fn, thisArg, args, options) {
+  try {
+    const { target, args: list, timeout, cpuTimeout } = applyArgs(fn, args, options);
+    const context = targetContext(target);
+    const encoded = list.map((arg, i) => encodeArg(context, arg, i));
+    const recv = encodeArg(context, thisArg, -1);
+    return runAsync(context, timeout, cpuTimeout, target,
+      (done) => binding.callAsync(target.handle, timeout, cpuTimeout, done, recv, ...encoded));
+  } catch (error) {
+    return Promise.reject(error);
+  }
 }
 
 // ---- modules and import() ----------------------------------------------------
@@ -894,6 +1040,7 @@ module.exports = {
   runInNewContext,
   compileFunction,
   apply,
+  applyAsync,
   TimeoutError,
   MemoryLimitError,
   DisposedError,

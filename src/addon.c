@@ -57,11 +57,7 @@ static napi_value cdn__str(napi_env env, const char* s) {
   return v;
 }
 
-/* Build the error through lib's makeError(kind, name, message, stack,
- * value, code) and throw it. Frees `v`. Always returns NULL. */
-napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v) {
-  napi_value argv[6], fn, global, err;
-  napi_status st;
+void cdn_error_argv(napi_env env, int kind, cdn_value_t* v, napi_value* argv) {
   cdn_value_t empty = {0};
   if (v == NULL) v = &empty;
   argv[0] = NULL;
@@ -76,6 +72,14 @@ napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v) {
     napi_get_undefined(env, &argv[4]);
   }
   cdn_value_free(v);
+}
+
+/* Build the error through lib's makeError(kind, name, message, stack,
+ * value, code) and throw it. Frees `v`. Always returns NULL. */
+napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v) {
+  napi_value argv[6], fn, global, err;
+  napi_status st;
+  cdn_error_argv(env, kind, v, argv);
   st = napi_get_reference_value(env, cenv->make_error, &fn);
   if (st == napi_ok) st = napi_get_global(env, &global);
   if (st == napi_ok) st = napi_call_function(env, global, fn, 6, argv, &err);
@@ -88,8 +92,10 @@ napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v) {
 static void cdn__env_cleanup(void* arg) {
   cdn_env_t* cenv = arg;
   cenv->closing = 1;
+  run_stop(cenv); /* async jobs first: they hold isolates */
   while (cenv->isolates != NULL) iso_dispose(cenv->isolates);
   prm_settle_orphans(cenv); /* closing: only frees */
+  run_close(cenv);
   wd_close(&cenv->wd);
 }
 
@@ -121,14 +127,26 @@ static napi_value cdn__js_setup(napi_env env, napi_callback_info info) {
   CDN_CALL(env, napi_create_reference(env, argv[2], 1, &cenv->adopt));
   CDN_CALL(env, napi_create_reference(env, argv[3], 1, &cenv->import_hook));
   CDN_CALL(env, napi_create_reference(env, argv[4], 1, &cenv->rejection_hook));
+  return NULL;
+}
 
+/* shutdown(): the process is exiting (process.exit() skips cleanup
+ * hooks): stop async jobs and join the runner threads before Node tears
+ * the platform down under them. Sync calls keep working. */
+static napi_value cdn__js_shutdown(napi_env env, napi_callback_info info) {
+  (void)info;
+  run_stop(cdn_env_get(env));
   return NULL;
 }
 
 static napi_value cdn__init(napi_env env, napi_value exports) {
   cdn_env_t* cenv = calloc(1, sizeof(*cenv));
-  napi_property_descriptor setup = {"setup", NULL, cdn__js_setup, NULL,
-                                    NULL,    NULL, napi_default,  NULL};
+  napi_property_descriptor props[] = {
+      {"setup", NULL, cdn__js_setup, NULL, NULL, NULL, napi_default, NULL},
+      {"shutdown", NULL, cdn__js_shutdown, NULL, NULL, NULL, napi_default,
+       NULL},
+  };
+  napi_value name;
   if (cenv == NULL) CDN_CALL(env, napi_generic_failure);
   cenv->env = env;
   cenv->refs = 1;
@@ -136,10 +154,19 @@ static napi_value cdn__init(napi_env env, napi_value exports) {
     free(cenv);
     CDN_CALL(env, napi_generic_failure);
   }
-  CDN_CALL(env, napi_get_uv_event_loop(env, &cenv->loop));
+  if (napi_get_uv_event_loop(env, &cenv->loop) != napi_ok ||
+      run_init(cenv) != 0) {
+    wd_close(&cenv->wd);
+    free(cenv);
+    CDN_CALL(env, napi_generic_failure);
+  }
   CDN_CALL(env, napi_set_instance_data(env, cenv, cdn__env_finalize, NULL));
   CDN_CALL(env, napi_add_env_cleanup_hook(env, cdn__env_cleanup, cenv));
-  CDN_CALL(env, napi_define_properties(env, exports, 1, &setup));
+  CDN_CALL(env,
+           napi_create_string_utf8(env, "cordon.run", NAPI_AUTO_LENGTH, &name));
+  CDN_CALL(env, napi_async_init(env, NULL, name, &cenv->async));
+  CDN_CALL(env, napi_define_properties(
+                    env, exports, sizeof(props) / sizeof(props[0]), props));
   if (iso_init_exports(env, exports) == NULL) return NULL;
   if (ctx_init_exports(env, exports) == NULL) return NULL;
   if (fn_init_exports(env, exports) == NULL) return NULL;

@@ -99,7 +99,8 @@ static void ctx__release(ctx_t* ctx) {
     cdn_engine_context_set_host(ctx->engine, NULL);
     cdn_engine_context_release(ctx->engine);
   }
-  ctx->engine = NULL;
+  /* A queued async job reads it when it starts (ctx__job_body). */
+  __atomic_store_n(&ctx->engine, NULL, __ATOMIC_RELEASE);
 }
 
 static void ctx__finalize(napi_env env, void* data, void* hint) {
@@ -191,20 +192,21 @@ static int ctx__run_body(void* arg, cdn_value_t* out) {
 }
 
 /* run(context, code, filename, lineOffset, columnOffset, timeoutMs,
- *     importCallback) */
+ *     importCallback, cpuTimeoutMs) */
 static napi_value ctx__js_run(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7], import[2];
+  size_t argc = 8;
+  napi_value argv[8], import[2];
   ctx_source_t source;
   ctx_run_args_t a;
   cdn_value_t out;
-  double timeout;
+  double timeout, cpu;
   iso_t* iso;
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   a.ctx = ctx_live(env, argv[0], &iso);
   if (a.ctx == NULL) return NULL;
   CDN_CALL(env, napi_get_value_double(env, argv[5], &timeout));
+  CDN_CALL(env, napi_get_value_double(env, argv[7], &cpu));
   import[0] = argv[6];
   CDN_CALL(env, napi_get_undefined(env, &import[1]));
   if (ctx_source(env, iso->env, argv + 1, NULL, import, &source) != napi_ok) {
@@ -212,9 +214,98 @@ static napi_value ctx__js_run(napi_env env, napi_callback_info info) {
     CDN_CALL(env, napi_generic_failure);
   }
   a.source = &source;
-  err = iso_call(iso, timeout, ctx__run_body, &a, &out);
+  err = iso_call_ex(iso, timeout, cpu, ctx__run_body, &a, &out);
   ctx_source_free(&source);
   return ctx__result(env, iso, err, &out);
+}
+
+/* ---- async runs -----------------------------------------------------------
+ */
+
+/* A run of code or of a script on a runner thread. */
+typedef struct {
+  iso_job_t job;
+  ctx_t* ctx;
+  ctx_script_t* script; /* NULL: run `source` */
+  ctx_source_t source;
+} ctx_job_t;
+
+/* Runner thread. The context is read only now: a dispose() after the job
+ * was queued leaves it NULL (the engine frees released records only under
+ * the lock, which this job holds). */
+static int ctx__job_body(void* arg, cdn_value_t* out) {
+  ctx_job_t* j = arg;
+  cdn_engine_context_t* engine =
+      __atomic_load_n(&j->ctx->engine, __ATOMIC_ACQUIRE);
+  if (engine == NULL) return CDN_EDISPOSED;
+  if (j->script != NULL)
+    return cdn_engine_script_run(j->script->engine, engine, out);
+  j->source.taken = 1;
+  return cdn_engine_run(engine, &j->source.src, out);
+}
+
+static void ctx__job_free(iso_job_t* job) {
+  ctx_job_t* j = (ctx_job_t*)job;
+  if (j->script == NULL) ctx_source_free(&j->source);
+  free(j);
+}
+
+static ctx_job_t* ctx__job_new(napi_env env, napi_value context,
+                               napi_value timeout, napi_value cpu,
+                               iso_t** iso) {
+  ctx_job_t* j;
+  if (ctx_live(env, context, iso) == NULL) return NULL;
+  j = calloc(1, sizeof(*j));
+  if (j == NULL) {
+    cdn_throw_status(env, napi_generic_failure, "job");
+    return NULL;
+  }
+  j->ctx = ctx__external(env, context);
+  j->job.iso = *iso;
+  j->job.body = ctx__job_body;
+  j->job.free = ctx__job_free;
+  if (napi_get_value_double(env, timeout, &j->job.timeout_ms) != napi_ok ||
+      napi_get_value_double(env, cpu, &j->job.cpu_ms) != napi_ok) {
+    free(j);
+    cdn_throw_status(env, napi_invalid_arg, "job");
+    return NULL;
+  }
+  return j;
+}
+
+/* runAsync(context, code, filename, lineOffset, columnOffset, timeoutMs,
+ *          importCallback, cpuTimeoutMs, done) */
+static napi_value ctx__js_run_async(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9], import[2];
+  ctx_job_t* j;
+  iso_t* iso;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  j = ctx__job_new(env, argv[0], argv[5], argv[7], &iso);
+  if (j == NULL) return NULL;
+  import[0] = argv[6];
+  if (napi_get_undefined(env, &import[1]) != napi_ok ||
+      ctx_source(env, iso->env, argv + 1, NULL, import, &j->source) !=
+          napi_ok) {
+    ctx__job_free(&j->job);
+    CDN_CALL(env, napi_generic_failure);
+  }
+  return iso_start(env, &j->job, argv[8]);
+}
+
+/* scriptRunAsync(script, context, timeoutMs, cpuTimeoutMs, done) */
+static napi_value ctx__js_script_run_async(napi_env env,
+                                           napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  ctx_job_t* j;
+  iso_t* iso;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  j = ctx__job_new(env, argv[1], argv[2], argv[3], &iso);
+  if (j == NULL) return NULL;
+  j->script = ctx__external(env, argv[0]);
+  CDN_ASSERT(j->script->iso == iso);
+  return iso_start(env, &j->job, argv[4]);
 }
 
 /* ---- scripts ---------------------------------------------------------- */
@@ -326,14 +417,14 @@ static int ctx__script_run_body(void* arg, cdn_value_t* out) {
   return cdn_engine_script_run(a->script->engine, a->ctx, out);
 }
 
-/* scriptRun(script, context, timeoutMs). lib/ checks both share an
- * isolate. */
+/* scriptRun(script, context, timeoutMs, cpuTimeoutMs). lib/ checks both
+ * share an isolate. */
 static napi_value ctx__js_script_run(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   ctx_run_args_t a;
   cdn_value_t out;
-  double timeout;
+  double timeout, cpu;
   iso_t* iso;
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -342,7 +433,8 @@ static napi_value ctx__js_script_run(napi_env env, napi_callback_info info) {
   if (a.ctx == NULL) return NULL;
   CDN_ASSERT(a.script->iso == iso);
   CDN_CALL(env, napi_get_value_double(env, argv[2], &timeout));
-  err = iso_call(iso, timeout, ctx__script_run_body, &a, &out);
+  CDN_CALL(env, napi_get_value_double(env, argv[3], &cpu));
+  err = iso_call_ex(iso, timeout, cpu, ctx__script_run_body, &a, &out);
   return ctx__result(env, iso, err, &out);
 }
 
@@ -384,6 +476,10 @@ napi_value ctx_init_exports(napi_env env, napi_value exports) {
       {"contextDispose", NULL, ctx__js_dispose, NULL, NULL, NULL, napi_default,
        NULL},
       {"run", NULL, ctx__js_run, NULL, NULL, NULL, napi_default, NULL},
+      {"runAsync", NULL, ctx__js_run_async, NULL, NULL, NULL, napi_default,
+       NULL},
+      {"scriptRunAsync", NULL, ctx__js_script_run_async, NULL, NULL, NULL,
+       napi_default, NULL},
       {"scriptNew", NULL, ctx__js_script_new, NULL, NULL, NULL, napi_default,
        NULL},
       {"scriptRun", NULL, ctx__js_script_run, NULL, NULL, NULL, napi_default,

@@ -5,6 +5,8 @@
  *   isolate.c   iso_  host records of isolates; locked, deadline-bounded
  *                     calls; the foreground-task wake-up
  *   context.c   ctx_  contexts, scripts and runs
+ *   runner.c    run_  runner threads for async calls, who holds each
+ *                     isolate, and the host thread's mailbox
  *   value.c     val_  napi values <-> cdn_value_t
  *   watchdog.c  wd_   the deadline thread
  *
@@ -50,6 +52,11 @@
 
 typedef struct cdn_env_s cdn_env_t;
 typedef struct iso_s iso_t;
+typedef struct iso_job_s iso_job_t;
+typedef struct run_msg_s run_msg_t;
+/* The body of a locked call: runs with the isolate lock held, on whichever
+ * thread holds it; it may not call Node-API. */
+typedef int (*iso_body_fn)(void* arg, cdn_value_t* out);
 
 /* A host reference the engine holds (refs of values going in, and the
  * tokens of watched promises), released through the isolate's hooks. */
@@ -65,22 +72,92 @@ struct iso_token_s {
   int kind;
   cdn_env_t* cenv;
   napi_ref ref;
-  iso_token_t* next; /* in cenv->orphans */
+  iso_token_t* next; /* in cenv->orphans, or the runner's release list */
 };
+
+/* Who holds an isolate (iso->owner; changed under run.mu). The holder
+ * alone may take its lock: a sync call or the task pump on the host
+ * thread, or an async job on a runner thread. */
+enum { ISO_FREE = 0, ISO_HOST, ISO_RUNNER };
 
 /* A host-side isolate: what an Isolate handle in lib/ points at. */
 struct iso_s {
   cdn_env_t* env;
-  cdn_engine_isolate_t* engine; /* NULL once disposed */
-  int refs;                     /* host handle + contexts + scripts */
-  int depth;                    /* runs on the stack */
-  int dispose_pending;          /* dispose() was called during a run */
+  cdn_engine_isolate_t* engine; /* NULL once disposed (host thread) */
+  int refs;                     /* host handle + contexts + scripts + jobs */
+  int depth;                    /* runs on the holder's stack */
+  int dispose_pending;          /* dispose() waits for a run (atomic) */
   struct iso_wake_s* wake;      /* the loop handles that run its tasks */
   wd_entry_t* top;              /* the innermost armed deadline */
   napi_async_context async;     /* for delivering promise settlements */
   iso_t* prev;
   iso_t* next;
+  /* Async calls (under run.mu, but `serving`: host thread only). */
+  int owner;            /* ISO_FREE / ISO_HOST / ISO_RUNNER */
+  iso_job_t* jobs;      /* queued async jobs, oldest first */
+  iso_job_t* jobs_tail; /* */
+  int scheduled;        /* in run.ready */
+  int host_waiting;     /* host threads waiting to take it */
+  int serving;          /* host callbacks of its runner on the host stack */
+  iso_t* ready_next;    /* in run.ready */
+  int64_t next_task_ms; /* a runner's drain: when the next task is due */
+  /* Time spent running, nanoseconds (atomic: the holder adds, the host
+   * reads). cb_* are the host callbacks' share of sync runs. */
+  uint64_t wall_ns;
+  uint64_t cpu_ns;
+  uint64_t cb_wall_ns;
+  uint64_t cb_cpu_ns;
+  int measure_cpu; /* the outermost run reads the thread's CPU clock */
 };
+
+/* An async call: `body` runs on a runner thread with the isolate held;
+ * the host thread then settles lib's promise through `done` and frees the
+ * job with `free`. */
+struct iso_job_s {
+  iso_t* iso;
+  double timeout_ms;
+  double cpu_ms;
+  iso_body_fn body;
+  void (*free)(iso_job_t* job); /* host thread; the job's own data */
+  napi_ref done;                /* lib's done(status, ...) */
+  int err;
+  cdn_value_t out;
+  iso_job_t* next;
+};
+
+/* A blocking request from a runner thread: the host thread calls fn(arg)
+ * and sets `answered`. */
+struct run_msg_s {
+  void (*fn)(void* arg);
+  void* arg;
+  iso_t* iso;
+  int answered;
+  run_msg_t* next;
+};
+
+/* Runner threads and the host thread's mailbox, per environment. */
+typedef struct {
+  uv_mutex_t mu;
+  uv_cond_t host_cv;  /* the host waits: an isolate let go, a request came */
+  uv_cond_t pool_cv;  /* idle runners wait for an isolate with jobs */
+  uv_cond_t reply_cv; /* runners wait for the host's answers */
+  uv_async_t* mail;   /* wakes the host loop (freed by its close callback) */
+  uv_thread_t host;
+  uv_thread_t* threads;
+  int nthreads;
+  int max_threads;
+  int idle;   /* runners waiting for work */
+  int waking; /* of those, signalled and not yet awake */
+  int stopping;
+  int initialized;
+  int inflight;          /* jobs submitted and not yet finished */
+  iso_t* ready;          /* isolates with jobs, free to run */
+  iso_t* ready_tail;     /* */
+  run_msg_t* requests;   /* blocking requests, for the host */
+  iso_token_t* releases; /* host references a runner dropped */
+  iso_job_t* done;       /* finished jobs, for the host */
+  iso_job_t* done_tail;  /* */
+} run_t;
 
 /* Per-environment state (napi_set_instance_data). Refcounted: the instance
  * data holds one reference and every isolate record one, so that whichever
@@ -91,13 +168,15 @@ struct cdn_env_s {
   int refs;
   int closing;
   wd_t wd;
+  run_t run;
   iso_t* isolates;
   napi_ref make_error;     /* lib's (kind, name, message, stack, value, code) */
   napi_ref make_deferred;  /* lib's () -> { promise, settle(...) } */
   napi_ref adopt;          /* lib's (hostPromise, resolverHandle) */
   napi_ref import_hook;    /* lib's import(): see module.c */
   napi_ref rejection_hook; /* lib's unhandled-rejection report */
-  iso_token_t* orphans;    /* watched promises a dispose dropped */
+  napi_async_context async; /* for the mailbox's callback scope */
+  iso_token_t* orphans;     /* watched promises a dispose dropped */
   /* live host records, for tests */
   int64_t n_isolates;
   int64_t n_contexts;
@@ -111,29 +190,54 @@ void cdn_abort(const char* file, int line, const char* expr);
 void cdn_env_unref(cdn_env_t* cenv);
 /* Throw the error lib/ builds for a failed call. `kind` is a status
  * (cdn_status) or one of the CDN_K* below; `v` may hold the error. */
-enum { CDN_KDISPOSED = -100, CDN_KTIMEOUT = -101, CDN_KDEPTH = -102 };
+enum {
+  CDN_KDISPOSED = -100,
+  CDN_KTIMEOUT = -101,
+  CDN_KDEPTH = -102,
+  CDN_KCPUTIMEOUT = -103, /* the CPU-time bound fired */
+  CDN_KBUSY = -104,       /* a sync call would wait for its own caller */
+  CDN_KSHUTDOWN = -105    /* the environment no longer runs async jobs */
+};
 
 /* How deep host callbacks may re-enter one isolate. */
 #define CDN_MAX_DEPTH 32
 napi_value cdn_throw(napi_env env, cdn_env_t* cenv, int kind, cdn_value_t* v);
+/* The arguments of lib's makeError for `kind` and `v` (freed). */
+void cdn_error_argv(napi_env env, int kind, cdn_value_t* v, napi_value* argv);
 cdn_env_t* cdn_env_get(napi_env env);
 
 /* isolate.c */
 napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out);
-/* Nonzero while the isolate can take new work. */
-#define iso_alive(iso) ((iso)->engine != NULL && !(iso)->dispose_pending)
+/* Nonzero while the isolate can take new work. Host thread. */
+#define iso_alive(iso)      \
+  ((iso)->engine != NULL && \
+   !__atomic_load_n(&(iso)->dispose_pending, __ATOMIC_ACQUIRE))
 /* Dispose now, or when the run on the stack unwinds. Idempotent. */
 void iso_dispose(iso_t* iso);
 void iso_unref(iso_t* iso);
 /* Keep the host loop alive until the next wake-up (a settlement waits). */
 void iso_keep_alive(iso_t* iso);
-/* The body of a locked call: runs with the isolate lock held. */
-typedef int (*iso_body_fn)(void* arg, cdn_value_t* out);
-/* Lock the isolate, arm `timeout_ms` (0: none), run `body`, disarm, cancel
- * a termination of its own, run due tasks, unlock. Returns a cdn_status or
- * CDN_KTIMEOUT / CDN_KDISPOSED. Host thread only (for now). */
-int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
-             cdn_value_t* out);
+/* Host thread: take the isolate (waiting for an async job that holds it,
+ * and answering its host callbacks meanwhile), lock it, arm `timeout_ms`
+ * and `cpu_ms` (0: none), run `body`, disarm, cancel a termination of its
+ * own, run due tasks, unlock. Returns a cdn_status or one of the CDN_K*. */
+int iso_call_ex(iso_t* iso, double timeout_ms, double cpu_ms, iso_body_fn body,
+                void* arg, cdn_value_t* out);
+#define iso_call(iso, timeout_ms, body, arg, out) \
+  iso_call_ex((iso), (timeout_ms), 0, (body), (arg), (out))
+/* Runner thread, holding the isolate: run the job as iso_call would. */
+void iso_run_job(iso_job_t* job);
+/* Host thread: submit a job whose iso, timeouts, body and free are set;
+ * `done` is lib's callback. On failure the job is freed and an error
+ * thrown. Returns NULL (undefined) either way. */
+napi_value iso_start(napi_env env, iso_job_t* job, napi_value done);
+/* Host thread: queue an async job (it takes a reference on its isolate).
+ * Returns 0, or CDN_KDISPOSED / CDN_KSHUTDOWN (nothing was queued). */
+int iso_submit(iso_job_t* job);
+/* Host thread: settle a finished job's promise and free it. */
+void iso_finish_job(iso_job_t* job);
+/* Host thread: the holder let go; run its tasks and deliveries. */
+void iso_after_runner(iso_t* iso);
 napi_value iso_init_exports(napi_env env, napi_value exports);
 /* A host function handed to the engine (which releases it), or freed by
  * iso_callback_free if it never got there. */
@@ -141,6 +245,38 @@ napi_status iso_callback_new(cdn_env_t* cenv, napi_value fn, void** out);
 void iso_callback_free(void* cb);
 /* The record behind an Isolate handle. */
 iso_t* iso_from_handle(napi_env env, napi_value v);
+
+/* runner.c */
+int run_init(cdn_env_t* cenv);
+/* Stop every async job (terminating what runs), join the runner threads.
+ * Later submissions fail with CDN_KSHUTDOWN. Host thread; idempotent. */
+void run_stop(cdn_env_t* cenv);
+/* run_stop, then free what is left. At environment teardown. */
+void run_close(cdn_env_t* cenv);
+/* Host thread: take an isolate for the host (ISO_HOST); 0 or CDN_KBUSY. */
+int run_acquire(iso_t* iso);
+/* Host thread: take it only if it is free; nonzero on success. */
+int run_try_acquire(iso_t* iso);
+/* Host thread: let go of it (and schedule its queued jobs). */
+void run_release_owner(iso_t* iso);
+/* Host thread: dispose() — mark it, stop its runner's job and wait for it
+ * to let go; *jobs gets the queued jobs that never started. 0, or
+ * CDN_KBUSY when the host stack is inside a callback of that job (the
+ * dispose then completes when the job finishes). */
+int run_stop_isolate(iso_t* iso, iso_job_t** jobs);
+/* Host thread: queue a job (under run.mu) and make sure a runner comes. */
+int run_queue(iso_job_t* job);
+/* Host thread: a job was settled (or freed). */
+void run_finished(cdn_env_t* cenv);
+/* Runner thread: have the host thread call fn(arg); wait for it. */
+void run_ask(iso_t* iso, void (*fn)(void*), void* arg);
+/* Runner thread: hand a host reference to the host thread to release. */
+void run_release_later(cdn_env_t* cenv, iso_token_t* t);
+/* Host thread: answer the runners' blocking requests now; returns how
+ * many were answered. */
+int run_serve(cdn_env_t* cenv);
+/* Nonzero on the environment's own thread. */
+int run_on_host(cdn_env_t* cenv);
 
 /* context.c */
 /* Code up to this many UTF-16 units is copied to the stack, not the heap. */
@@ -197,6 +333,9 @@ napi_status val_from_napi(napi_env env, cdn_env_t* cenv, napi_value v,
                           cdn_value_t* out);
 /* cdn_value_free, releasing first the callbacks the engine did not take. */
 void val_release(cdn_value_t* v);
+/* Make a value own the bytes it borrows (for a job that outlives the
+ * call that made it). */
+napi_status val_own(cdn_value_t* v);
 
 /* cache.c */
 /* A hash of what a code cache is for. */

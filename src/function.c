@@ -94,26 +94,27 @@ static int fn__call_body(void* arg, cdn_value_t* out) {
   return cdn_engine_call(a->fn->engine, a->this_arg, a->argv, a->argc, out);
 }
 
-/* call(handle, timeoutMs, thisArg, ...args): values encoded by lib/. */
+/* call(handle, timeoutMs, cpuTimeoutMs, thisArg, ...args): values encoded
+ * by lib/. */
 static napi_value fn__js_call(napi_env env, napi_callback_info info) {
-  napi_value stack_argv[3 + FN_STACK_ARGS];
+  napi_value stack_argv[4 + FN_STACK_ARGS];
   napi_value* jsargv = stack_argv;
   cdn_value_t stack_vals[FN_STACK_ARGS];
   cdn_value_t* vals = stack_vals;
   cdn_value_t this_arg, out;
-  size_t argc = 3 + FN_STACK_ARGS, n, i, made = 0;
+  size_t argc = 4 + FN_STACK_ARGS, n, i, made = 0;
   fn_call_args_t a;
-  double timeout;
+  double timeout, cpu;
   napi_status st = napi_ok;
   napi_value result = NULL;
   int err;
   cdn_env_t* cenv;
 
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, jsargv, NULL, NULL));
-  if (argc > 3 + FN_STACK_ARGS) {
+  if (argc > 4 + FN_STACK_ARGS) {
     size_t want = argc;
     jsargv = malloc(want * sizeof(napi_value));
-    vals = malloc((want - 3) * sizeof(cdn_value_t));
+    vals = malloc((want - 4) * sizeof(cdn_value_t));
     if (jsargv == NULL || vals == NULL) {
       free(jsargv);
       free(vals);
@@ -121,7 +122,7 @@ static napi_value fn__js_call(napi_env env, napi_callback_info info) {
     }
     CDN_CALL(env, napi_get_cb_info(env, info, &argc, jsargv, NULL, NULL));
   }
-  n = argc - 3;
+  n = argc - 4;
   CDN_CALL(env, napi_get_value_external(env, jsargv[0], (void**)&a.fn));
   cenv = a.fn->iso->env;
   if (!iso_alive(a.fn->iso)) {
@@ -129,10 +130,11 @@ static napi_value fn__js_call(napi_env env, napi_callback_info info) {
     goto done;
   }
   st = napi_get_value_double(env, jsargv[1], &timeout);
-  if (st == napi_ok) st = val_from_napi(env, cenv, jsargv[2], &this_arg);
+  if (st == napi_ok) st = napi_get_value_double(env, jsargv[2], &cpu);
+  if (st == napi_ok) st = val_from_napi(env, cenv, jsargv[3], &this_arg);
   if (st != napi_ok) goto done;
   for (i = 0; i < n && st == napi_ok; i++) {
-    st = val_from_napi(env, cenv, jsargv[3 + i], &vals[i]);
+    st = val_from_napi(env, cenv, jsargv[4 + i], &vals[i]);
     if (st == napi_ok) made++;
   }
   if (st != napi_ok) {
@@ -142,7 +144,7 @@ static napi_value fn__js_call(napi_env env, napi_callback_info info) {
   a.this_arg = &this_arg;
   a.argv = vals;
   a.argc = n;
-  err = iso_call(a.fn->iso, timeout, fn__call_body, &a, &out);
+  err = iso_call_ex(a.fn->iso, timeout, cpu, fn__call_body, &a, &out);
   val_release(&this_arg);
   if (err != CDN_OK) {
     cdn_throw(env, cenv, err, &out);
@@ -156,6 +158,82 @@ done:
   if (vals != stack_vals) free(vals);
   if (st != napi_ok) cdn_throw_status(env, st, "call");
   return result;
+}
+
+/* A call on a runner thread; the values own their bytes. */
+typedef struct {
+  iso_job_t job;
+  fn_t* fn;
+  cdn_value_t this_arg;
+  size_t argc;
+  size_t made; /* values filled in, for freeing */
+  cdn_value_t argv[];
+} fn_job_t;
+
+static int fn__job_body(void* arg, cdn_value_t* out) {
+  fn_job_t* j = arg;
+  return cdn_engine_call(j->fn->engine, &j->this_arg, j->argv, j->argc, out);
+}
+
+static void fn__job_free(iso_job_t* job) {
+  fn_job_t* j = (fn_job_t*)job;
+  size_t i;
+  if (j->made > 0) val_release(&j->this_arg);
+  for (i = 1; i < j->made; i++) val_release(&j->argv[i - 1]);
+  free(j);
+}
+
+/* callAsync(handle, timeoutMs, cpuTimeoutMs, done, thisArg, ...args) */
+static napi_value fn__js_call_async(napi_env env, napi_callback_info info) {
+  size_t argc = 0, n, i;
+  napi_value* argv;
+  fn_job_t* j;
+  fn_t* fn;
+  napi_status st;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, NULL, NULL, NULL));
+  CDN_ASSERT(argc >= 5);
+  n = argc - 5;
+  argv = malloc(argc * sizeof(napi_value));
+  j = calloc(1, sizeof(*j) + n * sizeof(cdn_value_t));
+  if (argv == NULL || j == NULL) {
+    free(argv);
+    free(j);
+    CDN_CALL(env, napi_generic_failure);
+  }
+  j->job.free = fn__job_free;
+  j->job.body = fn__job_body;
+  j->argc = n;
+  st = napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (st == napi_ok) st = napi_get_value_external(env, argv[0], (void**)&j->fn);
+  if (st == napi_ok) {
+    fn = j->fn;
+    j->job.iso = fn->iso;
+    if (!iso_alive(fn->iso)) {
+      free(argv);
+      fn__job_free(&j->job);
+      return cdn_throw(env, fn->iso->env, CDN_KDISPOSED, NULL);
+    }
+    st = napi_get_value_double(env, argv[1], &j->job.timeout_ms);
+  }
+  if (st == napi_ok) st = napi_get_value_double(env, argv[2], &j->job.cpu_ms);
+  for (i = 0; i <= n && st == napi_ok; i++) {
+    cdn_value_t* v = i == 0 ? &j->this_arg : &j->argv[i - 1];
+    st = val_from_napi(env, j->fn->iso->env, argv[4 + i], v);
+    if (st == napi_ok) {
+      j->made++;
+      st = val_own(v);
+    }
+  }
+  if (st != napi_ok) {
+    free(argv);
+    fn__job_free(&j->job);
+    CDN_CALL(env, st);
+  }
+  {
+    napi_value done = argv[3];
+    free(argv);
+    return iso_start(env, &j->job, done);
+  }
 }
 
 /* ---- compileFunction --------------------------------------------------- */
@@ -254,6 +332,8 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
 napi_value fn_init_exports(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"call", NULL, fn__js_call, NULL, NULL, NULL, napi_default, NULL},
+      {"callAsync", NULL, fn__js_call_async, NULL, NULL, NULL, napi_default,
+       NULL},
       {"compileFunction", NULL, fn__js_compile, NULL, NULL, NULL, napi_default,
        NULL},
   };

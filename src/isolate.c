@@ -23,11 +23,15 @@ struct iso_wake_s {
   int closing;
 };
 
-static void iso__run_tasks_locked(iso_t* iso);
+static void iso__run_tasks_locked(iso_t* iso, int runner);
+static void iso__timer_cb(uv_timer_t* timer);
 
-/* Nonzero when `e` fired: cancels that termination. (An enclosing run's
- * deadline that fired too is terminated again by iso_call() once this run
- * has returned: the cancel cleared its request as well.) */
+#define iso__load(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define iso__add(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+
+/* Nonzero when `e` fired (WD_FIRED_*): cancels that termination. (An
+ * enclosing run's deadline that fired too is terminated again once this
+ * run has returned: the cancel cleared its request as well.) */
 static int iso__disarm(iso_t* iso, wd_entry_t* e) {
   int fired = wd_disarm(&iso->env->wd, e);
   iso->top = e->outer;
@@ -35,22 +39,34 @@ static int iso__disarm(iso_t* iso, wd_entry_t* e) {
   return fired;
 }
 
-int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
-             cdn_value_t* out) {
+/* The run itself, on the thread that holds the isolate (`runner`: a runner
+ * thread). Time accounting: the outermost run adds its wall time, and its
+ * CPU time from the thread's CPU clock when it reads it (async runs, and
+ * runs with a CPU bound: the clock costs a system call, as much as a whole
+ * short call), else its wall time; host callbacks' share is left out. */
+static int iso__run(iso_t* iso, int runner, double timeout_ms, double cpu_ms,
+                    iso_body_fn body, void* arg, cdn_value_t* out) {
   cdn_engine_isolate_t* eng = iso->engine;
   cdn_lock_t lock;
   wd_entry_t entry;
-  int armed = 0;
-  int err;
-  CDN_ASSERT(eng != NULL);
+  int armed = 0, outermost, measured = 0, fired, err;
+  uint64_t wall0 = 0, cpu0 = 0, cbw0 = 0, cbc0 = 0;
   memset(out, 0, sizeof(*out));
-  if (iso->depth >= CDN_MAX_DEPTH) return CDN_KDEPTH;
   cdn_engine_lock(eng, &lock);
-  iso->depth++;
-  if (timeout_ms > 0) {
-    uint64_t ns = (uint64_t)(timeout_ms * 1e6);
+  outermost = ++iso->depth == 1;
+  if (cpu_ms > 0 || (outermost && runner)) iso->measure_cpu++;
+  if (outermost) {
+    measured = iso->measure_cpu > 0;
+    wall0 = uv_hrtime();
+    cbw0 = iso__load(&iso->cb_wall_ns);
+    cbc0 = iso__load(&iso->cb_cpu_ns);
+    if (measured) cpu0 = wd_thread_cpu_ns();
+  }
+  if (timeout_ms > 0 || cpu_ms > 0) {
     entry.outer = iso->top;
-    if (wd_arm(&iso->env->wd, &entry, eng, ns) != 0) {
+    if (wd_arm(&iso->env->wd, &entry, eng, (uint64_t)(timeout_ms * 1e6),
+               (uint64_t)(cpu_ms * 1e6), &iso->cb_cpu_ns) != 0) {
+      if (cpu_ms > 0 || (outermost && runner)) iso->measure_cpu--;
       iso->depth--;
       cdn_engine_unlock(eng, &lock);
       return CDN_EINTERNAL;
@@ -60,34 +76,153 @@ int iso_call(iso_t* iso, double timeout_ms, iso_body_fn body, void* arg,
   }
   err = body(arg, out);
   if (iso->depth == 1) cdn_engine_report_rejections(eng); /* still bounded */
-  if (armed && iso__disarm(iso, &entry)) {
+  if (armed && (fired = iso__disarm(iso, &entry)) != 0) {
     cdn_value_free(out);
-    err = CDN_KTIMEOUT;
+    err = fired == WD_FIRED_CPU ? CDN_KCPUTIMEOUT : CDN_KTIMEOUT;
   }
   iso->depth--;
-  if (iso->dispose_pending) {
+  if (iso__load(&iso->dispose_pending)) {
     cdn_value_free(out);
     err = CDN_KDISPOSED;
     /* Cancels above (ours, or the engine's after a memory stop) cleared
      * the isolate's termination: the enclosing runs must still unwind. */
     if (iso->depth > 0) cdn_engine_terminate(eng);
+  } else if (runner && err == CDN_ETERMINATED &&
+             iso__load(&iso->env->run.stopping)) {
+    err = CDN_KSHUTDOWN;
   } else if (iso->depth > 0) {
     if (iso->top != NULL) wd_refire(&iso->env->wd, iso->top);
   } else if (cdn_engine_has_work(eng)) {
     /* Raised while tasks run: a host callback they call may dispose the
      * isolate, which must wait until they have unwound. */
     iso->depth++;
-    iso__run_tasks_locked(iso);
+    iso__run_tasks_locked(iso, runner);
     iso->depth--;
-    if (cdn_engine_has_settled(eng) || cdn_engine_has_rejections(eng))
+    if (!runner &&
+        (cdn_engine_has_settled(eng) || cdn_engine_has_rejections(eng)))
       iso_keep_alive(iso);
   }
+  if (cpu_ms > 0 || (outermost && runner)) iso->measure_cpu--;
+  if (outermost) {
+    uint64_t wall = uv_hrtime() - wall0;
+    uint64_t cbw = iso__load(&iso->cb_wall_ns) - cbw0;
+    uint64_t cpu = measured ? wd_thread_cpu_ns() - cpu0 : wall;
+    uint64_t cb = measured ? iso__load(&iso->cb_cpu_ns) - cbc0 : cbw;
+    iso__add(&iso->wall_ns, wall);
+    iso__add(&iso->cpu_ns, cpu > cb ? cpu - cb : 0);
+  }
   cdn_engine_unlock(eng, &lock);
-  if (iso->depth == 0 && iso->dispose_pending) iso_dispose(iso);
   return err;
 }
 
-static void iso__timer_cb(uv_timer_t* timer);
+int iso_call_ex(iso_t* iso, double timeout_ms, double cpu_ms, iso_body_fn body,
+                void* arg, cdn_value_t* out) {
+  int took = 0, err;
+  CDN_ASSERT(iso->engine != NULL);
+  memset(out, 0, sizeof(*out));
+  if (iso__load(&iso->owner) != ISO_HOST) {
+    /* Outermost on this thread: take the isolate from whoever holds it. */
+    err = run_acquire(iso);
+    if (err != 0) return err;
+    took = 1;
+  }
+  if (iso__load(&iso->dispose_pending)) {
+    err = CDN_KDISPOSED; /* disposed while this call waited */
+  } else if (iso->depth >= CDN_MAX_DEPTH) {
+    err = CDN_KDEPTH;
+  } else {
+    err = iso__run(iso, 0, timeout_ms, cpu_ms, body, arg, out);
+  }
+  if (took) {
+    run_release_owner(iso);
+    if (iso__load(&iso->dispose_pending)) iso_dispose(iso);
+  }
+  return err;
+}
+
+void iso_run_job(iso_job_t* job) {
+  iso_t* iso = job->iso;
+  job->err =
+      iso__run(iso, 1, job->timeout_ms, job->cpu_ms, job->body, job, &job->out);
+}
+
+napi_value iso_start(napi_env env, iso_job_t* job, napi_value done) {
+  iso_t* iso = job->iso;
+  napi_status st = napi_create_reference(env, done, 1, &job->done);
+  int err = st == napi_ok ? iso_submit(job) : CDN_EINTERNAL;
+  if (err == 0) return NULL;
+  if (job->done != NULL) napi_delete_reference(env, job->done);
+  job->free(job);
+  return cdn_throw(env, iso->env, err, NULL);
+}
+
+int iso_submit(iso_job_t* job) {
+  iso_t* iso = job->iso;
+  int err;
+  if (!iso_alive(iso)) return CDN_KDISPOSED;
+  iso->refs++;
+  err = run_queue(job);
+  if (err != 0) iso->refs--; /* the caller's handle holds another */
+  return err;
+}
+
+static void iso__pump(struct iso_wake_s* wake);
+
+void iso_after_runner(iso_t* iso) {
+  int64_t ms;
+  if (iso->engine == NULL || iso->wake == NULL) return;
+  if (iso__load(&iso->owner) != ISO_FREE) return; /* its holder does it */
+  /* A runner's task drain cannot touch the loop's timer: it leaves the
+   * delay of the next delayed task here. */
+  ms = __atomic_exchange_n(&iso->next_task_ms, -1, __ATOMIC_ACQ_REL);
+  if (ms >= 0)
+    uv_timer_start(&iso->wake->timer, iso__timer_cb, (uint64_t)ms, 0);
+  if (cdn_engine_has_work(iso->engine)) {
+    if (cdn_engine_has_settled(iso->engine) ||
+        cdn_engine_has_rejections(iso->engine))
+      iso_keep_alive(iso);
+    iso__pump(iso->wake);
+  }
+}
+
+void iso_finish_job(iso_job_t* job) {
+  iso_t* iso = job->iso;
+  cdn_env_t* cenv = iso->env;
+  napi_env env = cenv->env;
+  if (!cenv->closing) {
+    napi_handle_scope scope;
+    napi_value fn, global, result, exc, argv[7];
+    size_t argc;
+    napi_status st = napi_open_handle_scope(env, &scope);
+    if (st == napi_ok) st = napi_create_int32(env, job->err, &argv[0]);
+    if (st == napi_ok && job->err == CDN_OK) {
+      st = fn_value_to_napi(env, iso, &job->out, &argv[1]);
+      argc = 2;
+    } else if (st == napi_ok) {
+      cdn_error_argv(env, job->err, &job->out, argv + 1);
+      argc = 7;
+    }
+    if (st == napi_ok) st = napi_get_reference_value(env, job->done, &fn);
+    if (st == napi_ok) st = napi_get_global(env, &global);
+    if (st == napi_ok)
+      st = napi_call_function(env, global, fn, argc, argv, &result);
+    if (st != napi_ok) napi_get_and_clear_last_exception(env, &exc);
+    if (st != napi_ok && st != napi_pending_exception)
+      cdn_throw_status(env, st, "finish");
+    napi_close_handle_scope(env, scope);
+  }
+  cdn_value_free(&job->out);
+  napi_delete_reference(env, job->done);
+  job->free(job);
+  run_finished(cenv);
+  if (iso__load(&iso->dispose_pending) && iso->engine != NULL &&
+      iso__load(&iso->owner) == ISO_FREE && iso->serving == 0) {
+    iso_dispose(iso); /* it waited for this job to unwind */
+  } else {
+    iso_after_runner(iso);
+  }
+  iso_unref(iso);
+}
 
 /* A settled promise keeps the loop alive until the wake-up delivers it; a
  * merely pending one does not, as in Node. */
@@ -96,19 +231,22 @@ void iso_keep_alive(iso_t* iso) {
 }
 
 /* With the lock held, at the top level: run due tasks under a deadline and
- * arm the loop timer for the next delayed one. */
-static void iso__run_tasks_locked(iso_t* iso) {
+ * arm the loop timer for the next delayed one (a runner leaves that to the
+ * host thread: the timer is the host loop's). */
+static void iso__run_tasks_locked(iso_t* iso, int runner) {
   wd_entry_t entry;
   int64_t next_ms = -1;
   int armed;
   entry.outer = iso->top;
   armed = wd_arm(&iso->env->wd, &entry, iso->engine,
-                 (uint64_t)ISO_TASK_TIMEOUT_MS * 1000000) == 0;
+                 (uint64_t)ISO_TASK_TIMEOUT_MS * 1000000, 0, NULL) == 0;
   if (armed) iso->top = &entry;
   (void)cdn_engine_run_tasks(iso->engine, &next_ms);
   cdn_engine_report_rejections(iso->engine);
   if (armed) (void)iso__disarm(iso, &entry);
-  if (iso->wake != NULL) {
+  if (runner) {
+    __atomic_store_n(&iso->next_task_ms, next_ms, __ATOMIC_RELEASE);
+  } else if (iso->wake != NULL) {
     if (next_ms >= 0)
       uv_timer_start(&iso->wake->timer, iso__timer_cb, (uint64_t)next_ms, 0);
     else
@@ -125,11 +263,13 @@ static void iso__pump(struct iso_wake_s* wake) {
   cdn_rejection_t* rejections;
   cdn_lock_t lock;
   size_t n, nr;
-  if (iso == NULL || iso->engine == NULL || iso->depth > 0) return;
+  if (iso == NULL || iso->engine == NULL) return;
+  /* Held by a runner: iso_after_runner() pumps once it lets go. */
+  if (!run_try_acquire(iso)) return;
   iso->refs++; /* host code run by delivery may drop the last handle */
   cdn_engine_lock(iso->engine, &lock);
   iso->depth++;
-  iso__run_tasks_locked(iso);
+  iso__run_tasks_locked(iso, 0);
   n = cdn_engine_take_settled(iso->engine, &settled);
   nr = cdn_engine_take_rejections(iso->engine, &rejections);
   cdn_engine_unlock(iso->engine, &lock);
@@ -139,7 +279,8 @@ static void iso__pump(struct iso_wake_s* wake) {
   if (n > 0) prm_deliver(iso, settled, n);
   if (nr > 0) prm_report(iso, rejections, nr);
   iso->depth--;
-  if (iso->dispose_pending && iso->depth == 0) iso_dispose(iso);
+  run_release_owner(iso);
+  if (iso__load(&iso->dispose_pending)) iso_dispose(iso);
   iso_unref(iso);
 }
 
@@ -194,19 +335,25 @@ static napi_status iso__answer(napi_env env, cdn_env_t* cenv, napi_value ret,
   return napi_get_value_string_utf8(env, b, result->message, n + 1, &n);
 }
 
-/* Host thread, inside a run: call a host function for the sandbox. The
- * function is lib/'s wrapper: it decodes the arguments, calls the user's
- * function and encodes what it returned or threw. */
-static void iso__call(void* data, void* cbp, const cdn_value_t* args,
-                      cdn_value_t* result) {
-  iso_t* iso = data;
-  iso_token_t* cb = cbp;
+/* Host thread: call a host function for the sandbox. The function is
+ * lib/'s wrapper: it decodes the arguments, calls the user's function and
+ * encodes what it returned or threw. */
+static void iso__call_host(iso_t* iso, iso_token_t* cb, const cdn_value_t* args,
+                           cdn_value_t* result) {
   napi_env env = iso->env->env;
   napi_handle_scope scope;
   napi_value fn, argv[1], global, ret, exc;
   napi_status st;
 
   memset(result, 0, sizeof(*result));
+  if (iso->env->closing || iso__load(&iso->env->run.stopping) ||
+      iso__load(&iso->dispose_pending)) {
+    /* The run is being stopped: it unwinds without the host's answer. */
+    result->kind = CDN_VAL_ERROR;
+    result->name = strdup("Error");
+    result->message = strdup("the sandbox is being stopped");
+    return;
+  }
   st = napi_open_handle_scope(env, &scope);
   if (st == napi_ok) st = napi_get_reference_value(env, cb->ref, &fn);
   if (st == napi_ok)
@@ -225,10 +372,49 @@ static void iso__call(void* data, void* cbp, const cdn_value_t* args,
   napi_close_handle_scope(env, scope);
 }
 
-/* Host thread: the engine is done with a host reference. */
+/* A hook's work carried from a runner thread to the host thread. */
+typedef struct {
+  iso_t* iso;
+  void* token;
+  const cdn_value_t* args;
+  cdn_value_t* result;
+  cdn_engine_resolver_t* resolver;
+  cdn_import_t* request;
+} iso_hop_t;
+
+static void iso__call_hop(void* p) {
+  iso_hop_t* h = p;
+  iso__call_host(h->iso, h->token, h->args, h->result);
+}
+
+/* Hook, on the lock holder's thread, inside a run. On the host thread the
+ * callback's time is counted apart, for cpuTime and cpuTimeout; a runner
+ * thread only waits (no CPU of its own) while the host runs it. */
+static void iso__call(void* data, void* cbp, const cdn_value_t* args,
+                      cdn_value_t* result) {
+  iso_t* iso = data;
+  uint64_t t0, c0 = 0;
+  if (iso__load(&iso->owner) == ISO_RUNNER) {
+    iso_hop_t h = {iso, cbp, args, result, NULL, NULL};
+    run_ask(iso, iso__call_hop, &h);
+    return;
+  }
+  t0 = uv_hrtime();
+  if (iso->measure_cpu > 0) c0 = wd_thread_cpu_ns();
+  iso__call_host(iso, cbp, args, result);
+  if (iso->measure_cpu > 0) iso__add(&iso->cb_cpu_ns, wd_thread_cpu_ns() - c0);
+  iso__add(&iso->cb_wall_ns, uv_hrtime() - t0);
+}
+
+/* Hook: the engine is done with a host reference. On a runner thread it
+ * is queued for the host thread (DESIGN.md rule 3). */
 static void iso__release(void* data, void* p) {
+  iso_t* iso = data;
   iso_token_t* t = p;
-  (void)data;
+  if (iso != NULL && !run_on_host(iso->env)) {
+    run_release_later(iso->env, t);
+    return;
+  }
   if (t->kind != ISO_TOKEN_CALLBACK) {
     prm_token_release(t);
     return;
@@ -238,15 +424,37 @@ static void iso__release(void* data, void* p) {
   free(t);
 }
 
-/* Host thread, inside a run: sandbox code called import(). */
-static void iso__import(void* data, cdn_import_t* req) {
-  mod_import(data, req);
+static void iso__import_hop(void* p) {
+  iso_hop_t* h = p;
+  mod_import(h->iso, h->request);
 }
 
-/* Host thread, inside a run: the sandbox awaits a host promise. */
+/* Hook, inside a run: sandbox code called import(). */
+static void iso__import(void* data, cdn_import_t* req) {
+  iso_t* iso = data;
+  if (iso__load(&iso->owner) == ISO_RUNNER) {
+    iso_hop_t h = {iso, NULL, NULL, NULL, NULL, req};
+    run_ask(iso, iso__import_hop, &h);
+    return;
+  }
+  mod_import(iso, req);
+}
+
+static void iso__adopt_hop(void* p) {
+  iso_hop_t* h = p;
+  prm_adopt(h->iso, h->token, h->resolver);
+}
+
+/* Hook, inside a run: the sandbox awaits a host promise. */
 static void iso__adopt(void* data, void* token,
                        cdn_engine_resolver_t* resolver) {
-  prm_adopt(data, token, resolver);
+  iso_t* iso = data;
+  if (iso__load(&iso->owner) == ISO_RUNNER) {
+    iso_hop_t h = {iso, token, NULL, NULL, resolver, NULL};
+    run_ask(iso, iso__adopt_hop, &h);
+    return;
+  }
+  prm_adopt(iso, token, resolver);
 }
 
 napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
@@ -262,6 +470,7 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
   iso->env = cenv;
   iso->refs = 1;
   iso->wake = wake;
+  iso->next_task_ms = -1;
   wake->iso = iso;
   wake->async.data = wake;
   wake->timer.data = wake;
@@ -308,19 +517,41 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
   return napi_ok;
 }
 
+static void iso__forget(iso_t* iso);
+
 void iso_dispose(iso_t* iso) {
-  struct iso_wake_s* wake = iso->wake;
-  cdn_env_t* cenv = iso->env;
+  iso_job_t* jobs;
   if (iso->engine == NULL) return;
-  if (iso->depth > 0) {
-    /* Called from a host callback inside a run of this isolate: stop the
-     * run; iso_call() finishes the dispose once it has unwound. */
-    iso->dispose_pending = 1;
+  if (iso__load(&iso->owner) == ISO_HOST) {
+    /* Called from a host callback inside a run of this isolate on the
+     * host's stack: stop the run; iso_call_ex() (or the pump) finishes
+     * the dispose once it has unwound. */
+    __atomic_store_n(&iso->dispose_pending, 1, __ATOMIC_RELEASE);
     cdn_engine_terminate(iso->engine);
     return;
   }
-  cdn_engine_isolate_dispose(iso->engine);
-  iso->engine = NULL;
+  /* Stop an async job that holds it and wait for it to let go; from inside
+   * a host callback of that job, iso_finish_job() finishes instead. */
+  if (run_stop_isolate(iso, &jobs) == CDN_KBUSY) return;
+  if (iso->engine != NULL) { /* (host code run while waiting may have) */
+    cdn_engine_isolate_dispose(iso->engine);
+    iso->engine = NULL;
+    iso__forget(iso);
+  }
+  /* Jobs that never started: rejected with ERR_ISOLATE_DISPOSED. */
+  while (jobs != NULL) {
+    iso_job_t* job = jobs;
+    jobs = job->next;
+    job->err = CDN_KDISPOSED;
+    iso_finish_job(job);
+  }
+}
+
+/* After the engine is gone: close the loop handles, leave the env's list,
+ * reject the host promises of sandbox promises it dropped. */
+static void iso__forget(iso_t* iso) {
+  struct iso_wake_s* wake = iso->wake;
+  cdn_env_t* cenv = iso->env;
   prm_settle_orphans(cenv);
   iso->wake = NULL;
   wake->iso = NULL;
@@ -461,6 +692,23 @@ static napi_value iso__js_stats(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+/* isolateTimes(handle) -> [wallNs, cpuNs] as BigInts. Any time: the
+ * holder adds to them atomically. */
+static napi_value iso__js_times(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], arr, wall, cpu;
+  iso_t* iso;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  iso = iso_from_handle(env, argv[0]);
+  CDN_CALL(env,
+           napi_create_bigint_uint64(env, iso__load(&iso->wall_ns), &wall));
+  CDN_CALL(env, napi_create_bigint_uint64(env, iso__load(&iso->cpu_ns), &cpu));
+  CDN_CALL(env, napi_create_array_with_length(env, 2, &arr));
+  CDN_CALL(env, napi_set_element(env, arr, 0, wall));
+  CDN_CALL(env, napi_set_element(env, arr, 1, cpu));
+  return arr;
+}
+
 /* liveRecords() -> counts of host records alive in this environment. */
 static napi_value iso__js_live(napi_env env, napi_callback_info info) {
   napi_value obj;
@@ -495,6 +743,8 @@ napi_value iso_init_exports(napi_env env, napi_value exports) {
       {"isolateStats", NULL, iso__js_stats, NULL, NULL, NULL, napi_default,
        NULL},
       {"liveRecords", NULL, iso__js_live, NULL, NULL, NULL, napi_default, NULL},
+      {"isolateTimes", NULL, iso__js_times, NULL, NULL, NULL, napi_default,
+       NULL},
   };
   CDN_CALL(env, napi_define_properties(
                     env, exports, sizeof(props) / sizeof(props[0]), props));

@@ -117,7 +117,6 @@ napi_status prm_watch(napi_env env, iso_t* iso, cdn_engine_promise_t* p,
                       napi_value* out) {
   napi_value deferred;
   void* token;
-  cdn_lock_t lock;
   napi_status st;
   st =
       prm__call(env, iso, iso->env->make_deferred, NULL, 0, NULL, 0, &deferred);
@@ -126,7 +125,8 @@ napi_status prm_watch(napi_env env, iso_t* iso, cdn_engine_promise_t* p,
   if (st == napi_ok)
     st = prm_token_new(iso->env, ISO_TOKEN_WATCH, deferred, &token);
   CDN_ASSERT(iso->engine != NULL);
-  cdn_engine_lock(iso->engine, &lock);
+  /* No lock: a runner thread may hold the isolate (this runs while a
+   * host callback of its job takes a promise as an argument). */
   if (st == napi_ok) {
     cdn_engine_promise_watch(p, token);
     /* Settled already: its delivery keeps the loop alive until it is done. */
@@ -134,7 +134,6 @@ napi_status prm_watch(napi_env env, iso_t* iso, cdn_engine_promise_t* p,
   } else {
     cdn_engine_ref_release(p);
   }
-  cdn_engine_unlock(iso->engine, &lock);
   return st;
 }
 

@@ -144,3 +144,14 @@ napi_status val_from_napi(napi_env env, cdn_env_t* cenv, napi_value v,
       return napi_invalid_arg;
   }
 }
+
+napi_status val_own(cdn_value_t* v) {
+  uint8_t* copy;
+  if (!v->borrowed) return napi_ok;
+  copy = malloc(v->len > 0 ? v->len : 1);
+  if (copy == NULL) return napi_generic_failure;
+  memcpy(copy, v->u.bytes, v->len);
+  v->u.bytes = copy;
+  v->borrowed = 0;
+  return napi_ok;
+}

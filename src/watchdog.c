@@ -1,7 +1,26 @@
 /* watchdog.c: see watchdog.h. */
 #include "watchdog.h"
 
+#include <pthread.h>
 #include <stdlib.h>
+
+static uint64_t wd__clock_ns(clockid_t clock) {
+  struct timespec ts;
+  if (clock_gettime(clock, &ts) != 0) return 0;
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t wd_thread_cpu_ns(void) {
+  return wd__clock_ns(CLOCK_THREAD_CPUTIME_ID);
+}
+
+/* With mu held: the CPU time entry `e` has used. */
+static uint64_t wd__cpu_used(wd_entry_t* e) {
+  uint64_t used = wd__clock_ns(e->cpu_clock) - e->cpu_base;
+  uint64_t excluded =
+      __atomic_load_n(e->excluded, __ATOMIC_RELAXED) - e->excluded_base;
+  return used > excluded ? used - excluded : 0;
+}
 
 /* The watchdog thread. Sleeps until the earliest armed deadline, fires what
  * has passed, and repeats until wd_close(). */
@@ -15,10 +34,21 @@ static void wd__run(void* arg) {
     for (e = wd->head; e != NULL; e = e->next) {
       if (e->fired) continue;
       if (e->deadline <= now) {
-        e->fired = 1;
+        e->fired = WD_FIRED_WALL;
         cdn_engine_terminate(e->iso);
-      } else if (e->deadline < next) {
-        next = e->deadline;
+        continue;
+      }
+      if (e->deadline < next) next = e->deadline;
+      if (e->cpu_budget > 0) {
+        uint64_t used = wd__cpu_used(e);
+        uint64_t wait = e->cpu_budget - used;
+        if (used >= e->cpu_budget) {
+          e->fired = WD_FIRED_CPU;
+          cdn_engine_terminate(e->iso);
+          continue;
+        }
+        if (wait < WD_CPU_POLL_NS) wait = WD_CPU_POLL_NS;
+        if (now + wait < next) next = now + wait;
       }
     }
     wd->sleeping_until = next;
@@ -62,14 +92,27 @@ void wd_close(wd_t* wd) {
 }
 
 int wd_arm(wd_t* wd, wd_entry_t* e, cdn_engine_isolate_t* iso,
-           uint64_t timeout_ns) {
+           uint64_t timeout_ns, uint64_t cpu_ns, const uint64_t* excluded) {
   int err = 0;
   uint64_t now = uv_hrtime();
-  e->deadline =
-      timeout_ns > UINT64_MAX - now ? UINT64_MAX - 1 : now + timeout_ns;
+  uint64_t due;
+  if (timeout_ns == 0)
+    e->deadline = UINT64_MAX;
+  else
+    e->deadline =
+        timeout_ns > UINT64_MAX - now ? UINT64_MAX - 1 : now + timeout_ns;
+  due = e->deadline;
   e->iso = iso;
   e->fired = 0;
   e->prev = NULL;
+  e->cpu_budget = 0;
+  if (cpu_ns > 0 && pthread_getcpuclockid(pthread_self(), &e->cpu_clock) == 0) {
+    e->cpu_budget = cpu_ns;
+    e->cpu_base = wd__clock_ns(e->cpu_clock);
+    e->excluded = excluded;
+    e->excluded_base = __atomic_load_n(excluded, __ATOMIC_RELAXED);
+    if (now + cpu_ns < due) due = now + cpu_ns;
+  }
   uv_mutex_lock(&wd->mu);
   if (!wd->started) {
     err = uv_thread_create(&wd->thread, wd__run, wd);
@@ -83,8 +126,8 @@ int wd_arm(wd_t* wd, wd_entry_t* e, cdn_engine_isolate_t* iso,
   if (wd->head != NULL) wd->head->prev = e;
   wd->head = e;
   /* Only wake the thread when it would otherwise sleep past this deadline. */
-  if (e->deadline < wd->sleeping_until) {
-    wd->sleeping_until = e->deadline;
+  if (due < wd->sleeping_until) {
+    wd->sleeping_until = due;
     uv_cond_signal(&wd->cv);
   }
   uv_mutex_unlock(&wd->mu);

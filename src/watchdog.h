@@ -7,21 +7,38 @@
  * fired, under the same mutex under which the runner disarms: so runner and
  * watchdog agree on whether this run was terminated, and a deadline that
  * passes after its run disarmed does nothing (DESIGN.md rule 4).
+ *
+ * An entry may also bound CPU time: the CPU clock of the thread that armed
+ * it, less what that thread spent in host callbacks (a counter the runner
+ * keeps). CPU time never runs ahead of wall time, so the thread sleeps for
+ * the budget that is left and looks again; at least WD_CPU_POLL_NS apart,
+ * so that a run blocked in a host callback costs the watchdog nothing.
  */
 #ifndef CORDON_WATCHDOG_H_
 #define CORDON_WATCHDOG_H_
 
 #include <stdint.h>
+#include <time.h>
 #include <uv.h>
 
 #include "engine/engine.h"
 
 typedef struct wd_entry_s wd_entry_t;
 
+/* How an entry fired (wd_disarm's result). */
+enum { WD_FIRED_WALL = 1, WD_FIRED_CPU = 2 };
+#define WD_CPU_POLL_NS 1000000
+
 struct wd_entry_s {
-  uint64_t deadline; /* uv_hrtime() nanoseconds */
+  uint64_t deadline; /* uv_hrtime() nanoseconds; UINT64_MAX: none */
   cdn_engine_isolate_t* iso;
   int fired;
+  /* CPU bound (cpu_budget 0: none). */
+  uint64_t cpu_budget;
+  clockid_t cpu_clock;
+  uint64_t cpu_base;
+  const uint64_t* excluded; /* nanoseconds to leave out, atomic */
+  uint64_t excluded_base;
   wd_entry_t* outer; /* the entry of the run this one is nested in */
   wd_entry_t* prev;
   wd_entry_t* next;
@@ -42,11 +59,16 @@ int wd_init(wd_t* wd);
 /* Stop and join the thread. Idempotent. No entry may be armed. */
 void wd_close(wd_t* wd);
 
-/* Any thread. Starts the thread on first use. Returns 0 or a uv error. */
+/* Any thread. Starts the thread on first use. `timeout_ns` bounds wall
+ * time, `cpu_ns` the calling thread's CPU time less *excluded's growth (0:
+ * no bound). Returns 0 or a uv error. */
 int wd_arm(wd_t* wd, wd_entry_t* e, cdn_engine_isolate_t* iso,
-           uint64_t timeout_ns);
-/* Any thread. Returns nonzero if the entry fired: its isolate was asked to
- * terminate, and the caller must cancel that once the run has unwound. */
+           uint64_t timeout_ns, uint64_t cpu_ns, const uint64_t* excluded);
+/* The calling thread's CPU time, nanoseconds (a system call: ~0.6 us). */
+uint64_t wd_thread_cpu_ns(void);
+/* Any thread. Returns WD_FIRED_* if the entry fired (0 if not): its
+ * isolate was asked to terminate, and the caller must cancel that once the
+ * run has unwound. */
 int wd_disarm(wd_t* wd, wd_entry_t* e);
 
 /* Any thread, after cancelling a fired entry's termination: terminate its

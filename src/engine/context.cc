@@ -62,7 +62,8 @@ void OnCallbackCollected(const v8::WeakCallbackInfo<CallbackRecord>& info) {
 }
 
 // A call from sandbox code to a host function. Runs on the thread holding
-// the isolate lock, which for a sync run is the host's own thread.
+// the isolate lock: the host's own thread for a sync run, a runner thread
+// (whose hook waits for the host thread to run it) for an async one.
 void CallHost(const FunctionCallbackInfo<Value>& info) {
   Isolate* isolate = info.GetIsolate();
   auto* rec = static_cast<CallbackRecord*>(info.Data().As<External>()->Value());
@@ -84,9 +85,10 @@ void CallHost(const FunctionCallbackInfo<Value>& info) {
   if (err != CDN_OK) return;  // terminating
 
   cdn_value_t result{};
-  iso->host_isolate->Enter();
-  iso->hooks.call(iso->hooks.data, rec->cb, &args, &result);
-  iso->host_isolate->Exit();
+  {
+    HostScope host(iso);
+    iso->hooks.call(iso->hooks.data, rec->cb, &args, &result);
+  }
   cdn_value_free(&args);
   if (isolate->IsExecutionTerminating() || rec->link->rec == nullptr) {
     // The deadline passed (or the isolate is being disposed) while the host

@@ -133,13 +133,17 @@ typedef struct {
    * call it, including V8's background threads; it must only signal. */
   void (*wake)(void* data);
   /* Call the host callback `cb` with `args` (CDN_VAL_BYTES: a serialised
-   * array). Called on the thread that holds the isolate lock, which is the
-   * host's thread for a sync run, with the host isolate entered. Fills
+   * array). Called on the thread that holds the isolate lock: the host's
+   * thread for a sync run (with the host isolate entered), or a runner
+   * thread for an async one (the host isolate is not entered; the hook
+   * must get the host's thread to do the work and wait for it). Fills
    * `result` with a value, or a CDN_VAL_ERROR to throw in the sandbox. */
   void (*call)(void* data, void* cb, const cdn_value_t* args,
                cdn_value_t* result);
   /* Release a host reference (a callback, a host promise token, or a
-   * promise watch token). Called on the host's thread. */
+   * promise watch token). Called on the thread that holds the lock (or
+   * disposes the isolate); the hook queues it for the host's thread when
+   * that is another thread. */
   void (*release)(void* data, void* cb);
   /* The sandbox now awaits host promise `token` through `resolver`; the
    * host settles it with cdn_engine_resolver_settle and owns the resolver
@@ -333,7 +337,8 @@ cdn_ref_kind cdn_engine_ref_kind(void* ref);
 /* Thread-safe: release any engine record (a context, script, function,
  * promise or resolver); it is freed the next time the lock is held. */
 void cdn_engine_ref_release(void* ref);
-/* With the lock held: the host takes a promise record and gives the token
+/* Thread-safe (no lock needed: the host may watch while a runner thread
+ * runs the isolate): the host takes a promise record and gives the token
  * hooks->settle receives. */
 void cdn_engine_promise_watch(cdn_engine_promise_t* p, void* token);
 /* A sandbox promise rejected with no handler by the end of a run (or of a

@@ -187,9 +187,10 @@ MaybeLocal<v8::Promise> ImportDynamically(Local<Context> context,
   auto* rrec = new ResolverRecord(iso, crec->link);
   rrec->resolver.Reset(isolate, resolver);
   req.resolver = reinterpret_cast<cdn_engine_resolver_t*>(rrec);
-  iso->host_isolate->Enter();
-  iso->hooks.import(iso->hooks.data, &req);
-  iso->host_isolate->Exit();
+  {
+    HostScope host(iso);
+    iso->hooks.import(iso->hooks.data, &req);
+  }
   cdn_value_free(&req.specifier);
   cdn_value_free(&req.attributes);
   return scope.Escape(resolver->GetPromise());

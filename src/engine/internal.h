@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -164,6 +165,9 @@ struct cdn_engine_isolate_s {
   // The host isolate of the thread that created this one: entered around
   // host callbacks, since Node's internals ask Isolate::GetCurrent().
   v8::Isolate* host_isolate = nullptr;
+  // Host callbacks run with host_isolate entered only on this thread; on a
+  // runner thread the hooks carry them over to it (src/runner.c).
+  std::thread::id host_thread;
   node::MultiIsolatePlatform* platform = nullptr;
   cdn_host_hooks_t hooks{};
   std::unique_ptr<cordon::LimitedAllocator> allocator;
@@ -200,8 +204,11 @@ struct cdn_engine_isolate_s {
   v8::Global<v8::Private> import_key;
   v8::Global<v8::ObjectTemplate> import_template;
   uint64_t tasks_run = 0;
-  // Settled PromiseRecords waiting for the host loop. Under the lock; the
-  // count is read by cdn_engine_has_work from any thread.
+  // Settled PromiseRecords waiting for the host loop. Under settled_mu
+  // (with each record's token and queued flag), so that the host can watch
+  // a record while a runner thread holds the lock; the count is read by
+  // cdn_engine_has_work from any thread.
+  std::mutex settled_mu;
   std::vector<cordon::PromiseRecord*> settled;
   std::atomic<size_t> settled_pending{0};
 
@@ -374,6 +381,27 @@ class ImportHost final : public Record {
   void* handle;
   cdn_referrer_kind kind;
   v8::Global<v8::Object> record;  // weak
+};
+
+// Enters the host isolate around a hook that runs host code, when the
+// current thread is the host's (a runner thread's hooks hand the work to
+// the host thread instead, and must not touch the host isolate).
+class HostScope {
+ public:
+  explicit HostScope(cdn_engine_isolate_t* iso)
+      : isolate_(std::this_thread::get_id() == iso->host_thread
+                     ? iso->host_isolate
+                     : nullptr) {
+    if (isolate_ != nullptr) isolate_->Enter();
+  }
+  ~HostScope() {
+    if (isolate_ != nullptr) isolate_->Exit();
+  }
+  HostScope(const HostScope&) = delete;
+  HostScope& operator=(const HostScope&) = delete;
+
+ private:
+  v8::Isolate* isolate_;
 };
 
 // import.cc

@@ -222,6 +222,7 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
 
   auto* iso = new cdn_engine_isolate_t();
   iso->host_isolate = host;
+  iso->host_thread = std::this_thread::get_id();
   iso->platform = platform;
   iso->hooks = *hooks;
   size_t limit =

@@ -25,6 +25,7 @@ namespace cordon {
 
 PromiseRecord::~PromiseRecord() {
   if (cell != nullptr) cell->rec = nullptr;
+  std::unique_lock<std::mutex> lock(iso()->settled_mu);
   if (queued) {
     std::vector<PromiseRecord*>& list = iso()->settled;
     for (size_t i = 0; i < list.size(); i++) {
@@ -34,8 +35,11 @@ PromiseRecord::~PromiseRecord() {
       }
     }
   }
+  void* t = token;
+  token = nullptr;
+  lock.unlock();
   cdn_value_free(&value);
-  if (token != nullptr) iso()->hooks.release(iso()->hooks.data, token);
+  if (t != nullptr) iso()->hooks.release(iso()->hooks.data, t);
   iso()->promises--;
 }
 
@@ -48,9 +52,12 @@ namespace {
 
 void Queue(PromiseRecord* rec) {
   cdn_engine_isolate_t* iso = rec->iso();
-  rec->queued = true;
-  iso->settled.push_back(rec);
-  iso->settled_pending.fetch_add(1, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(iso->settled_mu);
+    rec->queued = true;
+    iso->settled.push_back(rec);
+    iso->settled_pending.fetch_add(1, std::memory_order_release);
+  }
   iso->hooks.wake(iso->hooks.data);
 }
 
@@ -150,10 +157,11 @@ v8::MaybeLocal<v8::Promise> AdoptHostPromise(
   }
   auto* rec = new ResolverRecord(iso, link);
   rec->resolver.Reset(isolate, resolver);
-  iso->host_isolate->Enter();
-  iso->hooks.adopt(iso->hooks.data, token,
-                   reinterpret_cast<cdn_engine_resolver_t*>(rec));
-  iso->host_isolate->Exit();
+  {
+    HostScope host(iso);
+    iso->hooks.adopt(iso->hooks.data, token,
+                     reinterpret_cast<cdn_engine_resolver_t*>(rec));
+  }
   return resolver->GetPromise();
 }
 
@@ -248,13 +256,16 @@ extern "C" void cdn_engine_ref_release(void* ref) {
 extern "C" void cdn_engine_promise_watch(cdn_engine_promise_t* p, void* token) {
   auto* rec = static_cast<PromiseRecord*>(
       static_cast<cordon::Record*>(static_cast<void*>(p)));
-  rec->token = token;
-  if (rec->queued) {
+  cdn_engine_isolate_t* iso = rec->iso();
+  bool queued;
+  {
+    std::lock_guard<std::mutex> lock(iso->settled_mu);
+    rec->token = token;
+    queued = rec->queued;
     // Settled before the host watched it: deliver on the next wake-up.
-    cdn_engine_isolate_t* iso = rec->iso();
-    iso->settled_pending.fetch_add(1, std::memory_order_release);
-    iso->hooks.wake(iso->hooks.data);
+    if (queued) iso->settled_pending.fetch_add(1, std::memory_order_release);
   }
+  if (queued) iso->hooks.wake(iso->hooks.data);
 }
 
 extern "C" int cdn_engine_has_settled(cdn_engine_isolate_t* iso) {
@@ -265,7 +276,8 @@ extern "C" size_t cdn_engine_take_settled(cdn_engine_isolate_t* iso,
                                           cdn_settlement_t** out) {
   // Only watched records are the queue's to deliver and free; one not yet
   // watched still belongs to the host reference that carries it.
-  std::vector<PromiseRecord*> list, keep;
+  std::vector<PromiseRecord*> list, keep, done;
+  std::unique_lock<std::mutex> lock(iso->settled_mu);
   list.swap(iso->settled);
   iso->settled_pending.store(0, std::memory_order_release);
   *out = nullptr;
@@ -286,9 +298,11 @@ extern "C" size_t cdn_engine_take_settled(cdn_engine_isolate_t* iso,
     rec->token = nullptr;
     rec->queued = false;
     n++;
-    delete rec;
+    done.push_back(rec);
   }
   iso->settled.swap(keep);
+  lock.unlock();
+  for (PromiseRecord* rec : done) delete rec;
   if (n == 0) {
     free(s);
     return 0;
