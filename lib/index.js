@@ -166,7 +166,22 @@ function rejectionHook(context, value, name, message, stack, code) {
   isolate.emit('unhandledRejection', reason, context);
 }
 
-binding.setup(makeError, makeDeferred, adopt, importHook, rejectionHook);
+// The native layer runs host work of an async job (its host callbacks,
+// import() and host promises, its result) with the job's context and
+// bounds active: jobScope(done) enters them, jobScope() leaves.
+const scopes = [];
+function jobScope(done) {
+  if (done === undefined) {
+    [activeTimeout, activeCpuTimeout, activeContext] = scopes.pop();
+    return;
+  }
+  scopes.push([activeTimeout, activeCpuTimeout, activeContext]);
+  activeTimeout = done.timeout;
+  activeCpuTimeout = done.cpuTimeout;
+  activeContext = done.context;
+}
+
+binding.setup(makeError, makeDeferred, adopt, importHook, rejectionHook, jobScope);
 // process.exit() runs no cleanup hooks: stop the runner threads before
 // Node tears the platform down under them.
 process.on('exit', () => binding.shutdown());
@@ -322,8 +337,9 @@ function boundedRaw(context, fn, timeout = activeTimeout, cpuTimeout = activeCpu
 
 // An async call: `start(done)` queues a job on a runner thread; the native
 // layer holds `done` until it calls done(0, result) or done(status,
-// ...makeError's arguments) from the host loop. `done.keep` holds the
-// handles the job uses (a Script, a function's target) until then.
+// ...makeError's arguments) from the host loop, inside jobScope(done).
+// `done.keep` holds the handles the job uses (a Script, a function's
+// target) until then.
 function runAsync(context, timeout, cpuTimeout, keep, start) {
   return new Promise((resolve, reject) => {
     // done(0, result), or done(status, kind, name, message, stack, value, code)
@@ -332,9 +348,12 @@ function runAsync(context, timeout, cpuTimeout, keep, start) {
         resolve(typeof a === 'object' && a !== null ? decodeIn(context, a) : a);
         return;
       }
-      reject(boundedRaw(context, () => makeError(a, name, message, stack, value, code), timeout, cpuTimeout));
+      reject(makeError(a, name, message, stack, value, code));
     };
     done.keep = keep;
+    done.context = context;
+    done.timeout = timeout;
+    done.cpuTimeout = cpuTimeout;
     start(done);
   });
 }

@@ -109,16 +109,17 @@ static void cdn__env_finalize(napi_env env, void* data, void* hint) {
   if (cenv->import_hook != NULL) napi_delete_reference(env, cenv->import_hook);
   if (cenv->rejection_hook != NULL)
     napi_delete_reference(env, cenv->rejection_hook);
+  if (cenv->job_scope != NULL) napi_delete_reference(env, cenv->job_scope);
   cenv->make_error = cenv->make_deferred = cenv->adopt = NULL;
-  cenv->import_hook = cenv->rejection_hook = NULL;
+  cenv->import_hook = cenv->rejection_hook = cenv->job_scope = NULL;
   cdn_env_unref(cenv);
 }
 
-/* setup(makeError, makeDeferred, adopt, importHook, rejectionHook): lib's
- * hooks, once per environment. */
+/* setup(makeError, makeDeferred, adopt, importHook, rejectionHook,
+ * jobScope): lib's hooks, once per environment. */
 static napi_value cdn__js_setup(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   cdn_env_t* cenv = cdn_env_get(env);
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CDN_ASSERT(cenv->make_error == NULL);
@@ -127,6 +128,7 @@ static napi_value cdn__js_setup(napi_env env, napi_callback_info info) {
   CDN_CALL(env, napi_create_reference(env, argv[2], 1, &cenv->adopt));
   CDN_CALL(env, napi_create_reference(env, argv[3], 1, &cenv->import_hook));
   CDN_CALL(env, napi_create_reference(env, argv[4], 1, &cenv->rejection_hook));
+  CDN_CALL(env, napi_create_reference(env, argv[5], 1, &cenv->job_scope));
   return NULL;
 }
 

@@ -107,7 +107,11 @@ struct iso_s {
   uint64_t cpu_ns;
   uint64_t cb_wall_ns;
   uint64_t cb_cpu_ns;
-  int measure_cpu; /* the outermost run reads the thread's CPU clock */
+  uint64_t cb_cpu_mark; /* thread CPU clock when the host callback in
+                           progress began (0: none), for the watchdog */
+  int measure_cpu;      /* the outermost run reads the thread's CPU clock */
+  iso_job_t* job;       /* the async job its runner runs (holder only) */
+  uv_thread_t runner;   /* the runner thread that holds it, if one does */
 };
 
 /* An async call: `body` runs on a runner thread with the isolate held;
@@ -175,6 +179,7 @@ struct cdn_env_s {
   napi_ref adopt;          /* lib's (hostPromise, resolverHandle) */
   napi_ref import_hook;    /* lib's import(): see module.c */
   napi_ref rejection_hook; /* lib's unhandled-rejection report */
+  napi_ref job_scope;      /* lib's jobScope(done) / jobScope() */
   napi_async_context async; /* for the mailbox's callback scope */
   iso_token_t* orphans;     /* watched promises a dispose dropped */
   /* live host records, for tests */

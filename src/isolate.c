@@ -25,6 +25,7 @@ struct iso_wake_s {
 
 static void iso__run_tasks_locked(iso_t* iso, int runner);
 static void iso__timer_cb(uv_timer_t* timer);
+static void iso__job_scope(cdn_env_t* cenv, iso_job_t* job);
 
 #define iso__load(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define iso__add(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
@@ -50,9 +51,11 @@ static int iso__run(iso_t* iso, int runner, double timeout_ms, double cpu_ms,
   cdn_lock_t lock;
   wd_entry_t entry;
   int armed = 0, outermost, measured = 0, fired, err;
-  uint64_t wall0 = 0, cpu0 = 0, cbw0 = 0, cbc0 = 0;
+  uint64_t wall0 = 0, cpu0 = 0, cbw0 = 0, cbc0 = 0, mark;
   memset(out, 0, sizeof(*out));
   cdn_engine_lock(eng, &lock);
+  /* A run nested in a host callback is sandbox time again. */
+  mark = __atomic_exchange_n(&iso->cb_cpu_mark, 0, __ATOMIC_RELAXED);
   outermost = ++iso->depth == 1;
   if (cpu_ms > 0 || (outermost && runner)) iso->measure_cpu++;
   if (outermost) {
@@ -65,9 +68,11 @@ static int iso__run(iso_t* iso, int runner, double timeout_ms, double cpu_ms,
   if (timeout_ms > 0 || cpu_ms > 0) {
     entry.outer = iso->top;
     if (wd_arm(&iso->env->wd, &entry, eng, (uint64_t)(timeout_ms * 1e6),
-               (uint64_t)(cpu_ms * 1e6), &iso->cb_cpu_ns) != 0) {
+               (uint64_t)(cpu_ms * 1e6), &iso->cb_cpu_ns,
+               &iso->cb_cpu_mark) != 0) {
       if (cpu_ms > 0 || (outermost && runner)) iso->measure_cpu--;
       iso->depth--;
+      __atomic_store_n(&iso->cb_cpu_mark, mark, __ATOMIC_RELAXED);
       cdn_engine_unlock(eng, &lock);
       return CDN_EINTERNAL;
     }
@@ -111,6 +116,7 @@ static int iso__run(iso_t* iso, int runner, double timeout_ms, double cpu_ms,
     iso__add(&iso->wall_ns, wall);
     iso__add(&iso->cpu_ns, cpu > cb ? cpu - cb : 0);
   }
+  __atomic_store_n(&iso->cb_cpu_mark, mark, __ATOMIC_RELAXED);
   cdn_engine_unlock(eng, &lock);
   return err;
 }
@@ -142,8 +148,25 @@ int iso_call_ex(iso_t* iso, double timeout_ms, double cpu_ms, iso_body_fn body,
 
 void iso_run_job(iso_job_t* job) {
   iso_t* iso = job->iso;
+  iso->job = job;
   job->err =
       iso__run(iso, 1, job->timeout_ms, job->cpu_ms, job->body, job, &job->out);
+  iso->job = NULL;
+}
+
+/* Host thread: make `job`'s context and bounds lib's active ones (NULL:
+ * restore the previous). */
+static void iso__job_scope(cdn_env_t* cenv, iso_job_t* job) {
+  napi_env env = cenv->env;
+  napi_value fn, global, arg, result, exc;
+  napi_status st = napi_get_reference_value(env, cenv->job_scope, &fn);
+  if (st == napi_ok) st = napi_get_global(env, &global);
+  if (st == napi_ok && job != NULL)
+    st = napi_get_reference_value(env, job->done, &arg);
+  else if (st == napi_ok)
+    st = napi_get_undefined(env, &arg);
+  if (st == napi_ok) st = napi_call_function(env, global, fn, 1, &arg, &result);
+  if (st != napi_ok) napi_get_and_clear_last_exception(env, &exc);
 }
 
 napi_value iso_start(napi_env env, iso_job_t* job, napi_value done) {
@@ -194,7 +217,9 @@ void iso_finish_job(iso_job_t* job) {
     napi_value fn, global, result, exc, argv[7];
     size_t argc;
     napi_status st = napi_open_handle_scope(env, &scope);
-    if (st == napi_ok) st = napi_create_int32(env, job->err, &argv[0]);
+    if (st != napi_ok) goto freed;
+    iso__job_scope(cenv, job);
+    st = napi_create_int32(env, job->err, &argv[0]);
     if (st == napi_ok && job->err == CDN_OK) {
       st = fn_value_to_napi(env, iso, &job->out, &argv[1]);
       argc = 2;
@@ -207,10 +232,10 @@ void iso_finish_job(iso_job_t* job) {
     if (st == napi_ok)
       st = napi_call_function(env, global, fn, argc, argv, &result);
     if (st != napi_ok) napi_get_and_clear_last_exception(env, &exc);
-    if (st != napi_ok && st != napi_pending_exception)
-      cdn_throw_status(env, st, "finish");
+    iso__job_scope(cenv, NULL);
     napi_close_handle_scope(env, scope);
   }
+freed:
   cdn_value_free(&job->out);
   napi_delete_reference(env, job->done);
   job->free(job);
@@ -239,7 +264,7 @@ static void iso__run_tasks_locked(iso_t* iso, int runner) {
   int armed;
   entry.outer = iso->top;
   armed = wd_arm(&iso->env->wd, &entry, iso->engine,
-                 (uint64_t)ISO_TASK_TIMEOUT_MS * 1000000, 0, NULL) == 0;
+                 (uint64_t)ISO_TASK_TIMEOUT_MS * 1000000, 0, NULL, NULL) == 0;
   if (armed) iso->top = &entry;
   (void)cdn_engine_run_tasks(iso->engine, &next_ms);
   cdn_engine_report_rejections(iso->engine);
@@ -382,9 +407,13 @@ typedef struct {
   cdn_import_t* request;
 } iso_hop_t;
 
+/* Host thread: the hops below run with the job's context active (the
+ * runner waits, so iso->job is stable). */
 static void iso__call_hop(void* p) {
   iso_hop_t* h = p;
+  iso__job_scope(h->iso->env, h->iso->job);
   iso__call_host(h->iso, h->token, h->args, h->result);
+  iso__job_scope(h->iso->env, NULL);
 }
 
 /* Hook, on the lock holder's thread, inside a run. On the host thread the
@@ -400,9 +429,16 @@ static void iso__call(void* data, void* cbp, const cdn_value_t* args,
     return;
   }
   t0 = uv_hrtime();
-  if (iso->measure_cpu > 0) c0 = wd_thread_cpu_ns();
+  if (iso->measure_cpu > 0) {
+    c0 = wd_thread_cpu_ns();
+    /* Until it returns, the watchdog counts CPU time only up to here. */
+    __atomic_store_n(&iso->cb_cpu_mark, c0, __ATOMIC_RELAXED);
+  }
   iso__call_host(iso, cbp, args, result);
-  if (iso->measure_cpu > 0) iso__add(&iso->cb_cpu_ns, wd_thread_cpu_ns() - c0);
+  if (c0 != 0) {
+    iso__add(&iso->cb_cpu_ns, wd_thread_cpu_ns() - c0);
+    __atomic_store_n(&iso->cb_cpu_mark, 0, __ATOMIC_RELAXED);
+  }
   iso__add(&iso->cb_wall_ns, uv_hrtime() - t0);
 }
 
@@ -426,7 +462,9 @@ static void iso__release(void* data, void* p) {
 
 static void iso__import_hop(void* p) {
   iso_hop_t* h = p;
+  iso__job_scope(h->iso->env, h->iso->job);
   mod_import(h->iso, h->request);
+  iso__job_scope(h->iso->env, NULL);
 }
 
 /* Hook, inside a run: sandbox code called import(). */
@@ -442,7 +480,9 @@ static void iso__import(void* data, cdn_import_t* req) {
 
 static void iso__adopt_hop(void* p) {
   iso_hop_t* h = p;
+  iso__job_scope(h->iso->env, h->iso->job);
   prm_adopt(h->iso, h->token, h->resolver);
+  iso__job_scope(h->iso->env, NULL);
 }
 
 /* Hook, inside a run: the sandbox awaits a host promise. */

@@ -128,6 +128,7 @@ static void run__thread(void* arg) {
     /* The host took it meanwhile: it schedules it again when it lets go. */
     if (iso->owner != ISO_FREE || run__disposing(iso)) continue;
     run__set_owner(iso, ISO_RUNNER);
+    iso->runner = uv_thread_self();
     /* Run its jobs in a row, unless the host waits for the isolate. */
     while (iso->jobs != NULL && !run__disposing(iso) && !r->stopping &&
            (n == 0 || (iso->host_waiting == 0 && n < RUN_BATCH))) {
@@ -382,8 +383,9 @@ fail:
 
 void run_stop(cdn_env_t* cenv) {
   run_t* r = &cenv->run;
+  uv_thread_t stuck[8];
+  int i, k, n, nstuck = 0;
   iso_t* iso;
-  int i, n;
   if (!r->initialized) return;
   uv_mutex_lock(&r->mu);
   r->stopping = 1;
@@ -391,12 +393,27 @@ void run_stop(cdn_env_t* cenv) {
   for (iso = cenv->isolates; iso != NULL; iso = iso->next) {
     if (iso->owner == ISO_RUNNER) cdn_engine_terminate(iso->engine);
   }
-  for (iso = cenv->isolates; iso != NULL; iso = iso->next)
+  for (iso = cenv->isolates; iso != NULL; iso = iso->next) {
+    if (iso->owner == ISO_RUNNER && iso->serving > 0) {
+      /* process.exit() from a host callback of this job: its runner waits
+       * for the callback that is exiting the process. It stays parked on
+       * its condition variable (it runs nothing more); the others are
+       * joined. */
+      if (nstuck < (int)(sizeof(stuck) / sizeof(stuck[0])))
+        stuck[nstuck++] = iso->runner;
+      continue;
+    }
     run__wait_runner(cenv, iso);
+  }
   n = r->nthreads;
   r->nthreads = 0;
   uv_mutex_unlock(&r->mu);
-  for (i = 0; i < n; i++) uv_thread_join(&r->threads[i]);
+  for (i = 0; i < n; i++) {
+    int parked = 0;
+    for (k = 0; k < nstuck; k++)
+      parked |= uv_thread_equal(&r->threads[i], &stuck[k]);
+    if (!parked) uv_thread_join(&r->threads[i]);
+  }
 }
 
 static void run__mail_close_cb(uv_handle_t* handle) {

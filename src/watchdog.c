@@ -16,7 +16,9 @@ uint64_t wd_thread_cpu_ns(void) {
 
 /* With mu held: the CPU time entry `e` has used. */
 static uint64_t wd__cpu_used(wd_entry_t* e) {
-  uint64_t used = wd__clock_ns(e->cpu_clock) - e->cpu_base;
+  uint64_t paused = __atomic_load_n(e->paused, __ATOMIC_RELAXED);
+  uint64_t now = paused != 0 ? paused : wd__clock_ns(e->cpu_clock);
+  uint64_t used = now > e->cpu_base ? now - e->cpu_base : 0;
   uint64_t excluded =
       __atomic_load_n(e->excluded, __ATOMIC_RELAXED) - e->excluded_base;
   return used > excluded ? used - excluded : 0;
@@ -92,7 +94,8 @@ void wd_close(wd_t* wd) {
 }
 
 int wd_arm(wd_t* wd, wd_entry_t* e, cdn_engine_isolate_t* iso,
-           uint64_t timeout_ns, uint64_t cpu_ns, const uint64_t* excluded) {
+           uint64_t timeout_ns, uint64_t cpu_ns, const uint64_t* excluded,
+           const uint64_t* paused) {
   int err = 0;
   uint64_t now = uv_hrtime();
   uint64_t due;
@@ -111,6 +114,7 @@ int wd_arm(wd_t* wd, wd_entry_t* e, cdn_engine_isolate_t* iso,
     e->cpu_base = wd__clock_ns(e->cpu_clock);
     e->excluded = excluded;
     e->excluded_base = __atomic_load_n(excluded, __ATOMIC_RELAXED);
+    e->paused = paused;
     if (now + cpu_ns < due) due = now + cpu_ns;
   }
   uv_mutex_lock(&wd->mu);

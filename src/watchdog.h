@@ -39,7 +39,9 @@ struct wd_entry_s {
   uint64_t cpu_base;
   const uint64_t* excluded; /* nanoseconds to leave out, atomic */
   uint64_t excluded_base;
-  wd_entry_t* outer; /* the entry of the run this one is nested in */
+  const uint64_t* paused; /* nonzero: the CPU clock when a host callback
+                             began; time after it is not counted yet */
+  wd_entry_t* outer;      /* the entry of the run this one is nested in */
   wd_entry_t* prev;
   wd_entry_t* next;
 };
@@ -60,10 +62,12 @@ int wd_init(wd_t* wd);
 void wd_close(wd_t* wd);
 
 /* Any thread. Starts the thread on first use. `timeout_ns` bounds wall
- * time, `cpu_ns` the calling thread's CPU time less *excluded's growth (0:
- * no bound). Returns 0 or a uv error. */
+ * time, `cpu_ns` the calling thread's CPU time less *excluded's growth and
+ * less the host callback in progress since *paused (0: no bound). Returns
+ * 0 or a uv error. */
 int wd_arm(wd_t* wd, wd_entry_t* e, cdn_engine_isolate_t* iso,
-           uint64_t timeout_ns, uint64_t cpu_ns, const uint64_t* excluded);
+           uint64_t timeout_ns, uint64_t cpu_ns, const uint64_t* excluded,
+           const uint64_t* paused);
 /* The calling thread's CPU time, nanoseconds (a system call: ~0.6 us). */
 uint64_t wd_thread_cpu_ns(void);
 /* Any thread. Returns WD_FIRED_* if the entry fired (0 if not): its

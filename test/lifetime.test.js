@@ -2,33 +2,11 @@
 
 const assert = require('node:assert/strict');
 const path = require('node:path');
-const { spawn } = require('node:child_process');
 const { Worker } = require('node:worker_threads');
 const cordon = require('..');
+const { sleep, runNode, hostGc } = require('./support/util');
 
 const fixture = (name) => path.join(__dirname, 'fixtures', name);
-const tick = () => new Promise((resolve) => setImmediate(resolve));
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function runNode(args, options = {}) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr += d; });
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-}
-
-// Force GC in the host heap and let Node run the finalisers it deferred.
-async function hostGc() {
-  for (let i = 0; i < 3; i++) {
-    global.gc();
-    await tick();
-  }
-}
 
 describe('lifetime', () => {
   it('should let 20 processes that use cordon exit normally with code 0', async function () {
