@@ -48,6 +48,18 @@ export interface RunOptions {
    * microtasks the run queued and copying the result out. Default: none.
    */
   timeout?: number;
+  /**
+   * Milliseconds of CPU time the sandbox may spend in the run (time in host
+   * callbacks not counted); a TimeoutError with clock 'cpu' when exceeded.
+   * Default: none.
+   */
+  cpuTimeout?: number;
+}
+
+/** The bounds of one run or call. */
+export interface Bounds {
+  timeout?: number;
+  cpuTimeout?: number;
 }
 
 /**
@@ -105,7 +117,7 @@ export interface CompiledFunction extends SandboxFunction {
   cachedData?: Buffer;
 }
 
-export interface ScriptOptions extends Omit<RunOptions, 'timeout'>, CodeCacheOptions {
+export interface ScriptOptions extends Omit<RunOptions, 'timeout' | 'cpuTimeout'>, CodeCacheOptions {
   /** The isolate to compile the script in. Default: the default isolate. */
   isolate?: Isolate;
 }
@@ -122,6 +134,13 @@ export class Isolate extends EventEmitter {
   createContext(contextObject?: object, options?: object): Context;
   compileScript(code: string, options?: Omit<ScriptOptions, 'isolate'>): Script;
   getHeapStatistics(): HeapStatistics;
+  /** Wall-clock nanoseconds spent running (sync, async, tasks). */
+  readonly wallTime: bigint;
+  /**
+   * CPU nanoseconds the sandbox spent, host callbacks left out (sync runs
+   * without a cpuTimeout count their wall time).
+   */
+  readonly cpuTime: bigint;
   /** A full garbage collection of the sandbox heap (diagnostics, tests). */
   gc(): void;
   /**
@@ -141,6 +160,11 @@ export class Context {
   readonly timeout: number | undefined;
   /** Same as runInContext(code, this, options). */
   evaluate(code: string, options?: RunOptions | string): any;
+  /**
+   * Run code on a runner thread; the host's event loop keeps turning.
+   * Resolves with the completion value; rejects as runInContext throws.
+   */
+  run(code: string, options?: RunOptions | string): Promise<any>;
   /** Free the context. Idempotent. */
   dispose(): void;
 }
@@ -169,8 +193,10 @@ export class Script {
   readonly cachedData?: Buffer;
   /** A code cache of the script, for `cachedData` of a later compile. */
   createCachedData(): Buffer;
-  runInContext(context: Context, options?: Pick<RunOptions, 'timeout'>): any;
-  runInNewContext(contextObject?: object, options?: Pick<RunOptions, 'timeout'>): any;
+  runInContext(context: Context, options?: Bounds): any;
+  /** runInContext on a runner thread. */
+  run(context: Context, options?: Bounds): Promise<any>;
+  runInNewContext(contextObject?: object, options?: Bounds): any;
 }
 
 /**
@@ -193,7 +219,10 @@ export function runInNewContext(
 export function compileFunction(code: string, params?: string[], options?: CompileFunctionOptions): CompiledFunction;
 
 /** Call a sandbox function with a receiver, arguments and a bound of its own. */
-export function apply(fn: SandboxFunction, thisArg: unknown, args?: unknown[], options?: { timeout?: number }): any;
+export function apply(fn: SandboxFunction, thisArg: unknown, args?: unknown[], options?: Bounds): any;
+
+/** apply() on a runner thread; resolves with what the function returned. */
+export function applyAsync(fn: SandboxFunction, thisArg: unknown, args?: unknown[], options?: Bounds): Promise<any>;
 
 /** Counts of native records alive in this Node environment. */
 export function liveRecords(): {
@@ -207,6 +236,8 @@ export const defaultIsolate: Isolate;
 export class TimeoutError extends Error {
   readonly code: 'ERR_SCRIPT_EXECUTION_TIMEOUT';
   readonly timeout: number;
+  /** Which bound fired: `timeout` ('wall') or `cpuTimeout` ('cpu'). */
+  readonly clock: 'wall' | 'cpu';
 }
 
 /** The sandbox exceeded its memory limit. code: 'ERR_MEMORY_LIMIT'. */

@@ -79,7 +79,16 @@ static int iso__run(iso_t* iso, int runner, double timeout_ms, double cpu_ms,
     armed = 1;
     iso->top = &entry;
   }
-  err = body(arg, out);
+  /* A termination requested while no thread held the isolate is lost when
+   * a thread takes the lock (V8 restores that thread's archived stack
+   * guard): so dispose() and shutdown are also flags, read under the lock,
+   * after which their termination reaches this thread. */
+  if (iso__load(&iso->dispose_pending))
+    err = CDN_KDISPOSED;
+  else if (runner && iso__load(&iso->env->run.stopping))
+    err = CDN_KSHUTDOWN;
+  else
+    err = body(arg, out);
   if (iso->depth == 1) cdn_engine_report_rejections(eng); /* still bounded */
   if (armed && (fired = iso__disarm(iso, &entry)) != 0) {
     cdn_value_free(out);

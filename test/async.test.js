@@ -362,9 +362,10 @@ describe('disposal under async runs', function () {
       for (let k = 0; k < 4; k++) runs.push(ctx.run(`${k}`));
       ctx.dispose(); // queued jobs find it gone when they start
       runs.push(iso.createContext().run('for (;;) {}'));
+      const settled = Promise.allSettled(runs); // (handled from the start)
       await sleep(i % 2);
       iso.dispose();
-      const results = await Promise.allSettled(runs);
+      const results = await settled;
       for (const r of results) {
         if (r.status === 'fulfilled') continue; // a run that finished before the dispose
         assert.equal(r.reason.code, 'ERR_ISOLATE_DISPOSED', r.reason.stack);
