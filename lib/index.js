@@ -144,7 +144,8 @@ function adopt(promise, handle) {
       encoded = encodeIn(context, new TypeError(`The settled value cannot be copied into the sandbox: ${error.message}`));
     }
     try {
-      bounded(context, timeout, () => binding.settleSandbox(handle, rejected, encoded, timeout));
+      bounded(context, timeout, () => binding.settleSandbox(handle, rejected, encoded, timeout, undefined,
+        jobDone(context, timeout)));
     } catch {
       // A timeout or a disposal while the sandbox reacted: nothing awaits it
       // on the host side.
@@ -168,7 +169,8 @@ function rejectionHook(context, value, name, message, stack, code) {
 
 // The native layer runs host work of an async job (its host callbacks,
 // import() and host promises, its result) with the job's context and
-// bounds active: jobScope(done) enters them, jobScope() leaves.
+// bounds active: jobScope(done) enters them (jobScope(null): a job of its
+// own, changing nothing), jobScope() leaves.
 const scopes = [];
 function jobScope(done) {
   if (done === undefined) {
@@ -176,9 +178,20 @@ function jobScope(done) {
     return;
   }
   scopes.push([activeTimeout, activeCpuTimeout, activeContext]);
+  if (done === null) return;
   activeTimeout = done.timeout;
   activeCpuTimeout = done.cpuTimeout;
   activeContext = done.context;
+}
+
+// The `done` of a job of the native layer's own (a settlement queued behind
+// an async run): nothing waits for its outcome; it carries the scope.
+function jobDone(context, timeout) {
+  const done = () => {};
+  done.context = context;
+  done.timeout = timeout;
+  done.cpuTimeout = 0;
+  return done;
 }
 
 binding.setup(makeError, makeDeferred, adopt, importHook, rejectionHook, jobScope);
@@ -1025,7 +1038,8 @@ async function runImport(resolver, callback, specifier, referrer, attributes, co
   } catch (error) {
     if (context.isDisposed) return; // the import() promise went with it
     try {
-      boundedRaw(context, () => binding.settleSandbox(resolver, true, undefined, timeout, errorDescription(error)));
+      boundedRaw(context, () => binding.settleSandbox(resolver, true, undefined, timeout, errorDescription(error),
+        jobDone(context, timeout)));
     } catch {
       // the sandbox stopped while reacting: nothing awaits it on the host
     }

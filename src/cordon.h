@@ -123,7 +123,8 @@ struct iso_job_s {
   double cpu_ms;
   iso_body_fn body;
   void (*free)(iso_job_t* job); /* host thread; the job's own data */
-  napi_ref done;                /* lib's done(status, ...) */
+  napi_ref done;                /* lib's done(status, ...), or NULL */
+  napi_ref keep;                /* a handle the job uses, or NULL */
   int err;
   cdn_value_t out;
   iso_job_t* next;
@@ -260,6 +261,8 @@ void run_stop(cdn_env_t* cenv);
 void run_close(cdn_env_t* cenv);
 /* Host thread: take an isolate for the host (ISO_HOST); 0 or CDN_KBUSY. */
 int run_acquire(iso_t* iso);
+/* Host thread: nonzero while a runner holds it or jobs wait for it. */
+int run_busy(iso_t* iso);
 /* Host thread: take it only if it is free; nonzero on success. */
 int run_try_acquire(iso_t* iso);
 /* Host thread: let go of it (and schedule its queued jobs). */

@@ -164,14 +164,17 @@ void iso_run_job(iso_job_t* job) {
 }
 
 /* Host thread: make `job`'s context and bounds lib's active ones (NULL:
- * restore the previous). */
+ * restore the previous). A job of the native layer's own (no `done`)
+ * enters without changing them. */
 static void iso__job_scope(cdn_env_t* cenv, iso_job_t* job) {
   napi_env env = cenv->env;
   napi_value fn, global, arg, result, exc;
   napi_status st = napi_get_reference_value(env, cenv->job_scope, &fn);
   if (st == napi_ok) st = napi_get_global(env, &global);
-  if (st == napi_ok && job != NULL)
+  if (st == napi_ok && job != NULL && job->done != NULL)
     st = napi_get_reference_value(env, job->done, &arg);
+  else if (st == napi_ok && job != NULL)
+    st = napi_get_null(env, &arg); /* enter, changing nothing */
   else if (st == napi_ok)
     st = napi_get_undefined(env, &arg);
   if (st == napi_ok) st = napi_call_function(env, global, fn, 1, &arg, &result);
@@ -221,7 +224,7 @@ void iso_finish_job(iso_job_t* job) {
   iso_t* iso = job->iso;
   cdn_env_t* cenv = iso->env;
   napi_env env = cenv->env;
-  if (!cenv->closing) {
+  if (!cenv->closing && job->done != NULL) {
     napi_handle_scope scope;
     napi_value fn, global, result, exc, argv[7];
     size_t argc;
@@ -246,7 +249,8 @@ void iso_finish_job(iso_job_t* job) {
   }
 freed:
   cdn_value_free(&job->out);
-  napi_delete_reference(env, job->done);
+  if (job->done != NULL) napi_delete_reference(env, job->done);
+  if (job->keep != NULL) napi_delete_reference(env, job->keep);
   job->free(job);
   run_finished(cenv);
   if (iso__load(&iso->dispose_pending) && iso->engine != NULL &&

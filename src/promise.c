@@ -224,35 +224,93 @@ static napi_status prm__error(napi_env env, napi_value desc, cdn_value_t* v) {
   return napi_ok;
 }
 
-/* settleSandbox(resolver, rejected, value, timeoutMs, errorDescription) */
-static napi_value prm__js_settle(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  napi_valuetype desc_type;
+/* A settlement queued behind the async job that holds the isolate. */
+typedef struct {
+  iso_job_t job;
   prm_settle_args_t a;
-  cdn_value_t value, out;
+  cdn_value_t value;
+} prm_settle_job_t;
+
+static int prm__settle_job_body(void* arg, cdn_value_t* out) {
+  prm_settle_job_t* j = arg;
+  return prm__settle_body(&j->a, out);
+}
+
+static void prm__settle_job_free(iso_job_t* job) {
+  prm_settle_job_t* j = (prm_settle_job_t*)job;
+  val_release(&j->value);
+  free(j);
+}
+
+/* settleSandbox(resolver, rejected, value, timeoutMs, errorDescription,
+ *               done): at once, or, when an async job holds the isolate
+ * (or jobs wait for it), as a job after them, which ends by calling lib's
+ * `done` (its scope: the context and bound): the host loop never waits for
+ * a runner here. */
+static napi_value prm__js_settle(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  napi_valuetype desc_type;
+  prm_settle_job_t* j;
+  cdn_value_t out;
   bool rejected;
   double timeout;
+  napi_status st;
+  iso_t* iso;
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CDN_CALL(env, napi_get_value_external(env, argv[0], (void**)&a.r));
-  CDN_CALL(env, napi_get_value_bool(env, argv[1], &rejected));
-  CDN_CALL(env, napi_get_value_double(env, argv[3], &timeout));
-  if (!iso_alive(a.r->iso))
-    return cdn_throw(env, a.r->iso->env, CDN_KDISPOSED, NULL);
-  CDN_CALL(env, napi_typeof(env, argv[4], &desc_type));
-  if (desc_type == napi_object) {
-    napi_status st = prm__error(env, argv[4], &value);
-    if (st != napi_ok) cdn_value_free(&value);
+  j = calloc(1, sizeof(*j));
+  if (j == NULL) CDN_CALL(env, napi_generic_failure);
+  j->job.body = prm__settle_job_body;
+  j->job.free = prm__settle_job_free;
+  st = napi_get_value_external(env, argv[0], (void**)&j->a.r);
+  if (st == napi_ok) st = napi_get_value_bool(env, argv[1], &rejected);
+  if (st == napi_ok) st = napi_get_value_double(env, argv[3], &timeout);
+  if (st == napi_ok) st = napi_typeof(env, argv[4], &desc_type);
+  if (st != napi_ok) {
+    free(j);
     CDN_CALL(env, st);
-  } else {
-    CDN_CALL(env, val_from_napi(env, a.r->iso->env, argv[2], &value));
   }
-  a.rejected = rejected;
-  a.value = &value;
-  err = iso_call(a.r->iso, timeout, prm__settle_body, &a, &out);
-  val_release(&value);
-  if (err != CDN_OK) return cdn_throw(env, a.r->iso->env, err, &out);
+  iso = j->a.r->iso;
+  if (!iso_alive(iso)) {
+    free(j);
+    return cdn_throw(env, iso->env, CDN_KDISPOSED, NULL);
+  }
+  if (desc_type == napi_object)
+    st = prm__error(env, argv[4], &j->value);
+  else
+    st = val_from_napi(env, iso->env, argv[2], &j->value);
+  if (st != napi_ok) {
+    prm__settle_job_free(&j->job);
+    CDN_CALL(env, st);
+  }
+  j->a.rejected = rejected;
+  j->a.value = &j->value;
+  j->job.iso = iso;
+  j->job.timeout_ms = timeout;
+  if (run_busy(iso)) {
+    /* The job holds the resolver's handle (its finaliser frees the
+     * engine's record) until it has run. */
+    st = val_own(&j->value);
+    if (st == napi_ok)
+      st = napi_create_reference(env, argv[0], 1, &j->job.keep);
+    if (st == napi_ok)
+      st = napi_create_reference(env, argv[5], 1, &j->job.done);
+    if (st != napi_ok) {
+      if (j->job.keep != NULL) napi_delete_reference(env, j->job.keep);
+      prm__settle_job_free(&j->job);
+      CDN_CALL(env, st);
+    }
+    err = iso_submit(&j->job);
+    if (err == 0) return NULL;
+    napi_delete_reference(env, j->job.keep);
+    napi_delete_reference(env, j->job.done);
+    prm__settle_job_free(&j->job);
+    return cdn_throw(env, iso->env, err, NULL);
+  }
+  err = iso_call(iso, timeout, prm__settle_body, &j->a, &out);
+  prm__settle_job_free(&j->job);
+  if (err != CDN_OK) return cdn_throw(env, iso->env, err, &out);
   return NULL;
 }
 

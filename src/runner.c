@@ -207,6 +207,15 @@ int run_acquire(iso_t* iso) {
   return err;
 }
 
+int run_busy(iso_t* iso) {
+  run_t* r = &iso->env->run;
+  int busy;
+  uv_mutex_lock(&r->mu);
+  busy = iso->owner == ISO_RUNNER || iso->jobs != NULL;
+  uv_mutex_unlock(&r->mu);
+  return busy;
+}
+
 int run_try_acquire(iso_t* iso) {
   run_t* r = &iso->env->run;
   int ok;

@@ -16,8 +16,8 @@ const DISPOSE_LOOPS = 200;
 
 // Busy-wait on the calling thread (host CPU), `ms` long.
 function spinHost(ms) {
-  const end = Date.now() + ms;
-  while (Date.now() < end);
+  const end = performance.now() + ms;
+  while (performance.now() < end);
 }
 
 describe('async runs', () => {
@@ -160,6 +160,23 @@ describe('async runs', () => {
       });
       assert.equal(await ctx.run('(async () => (await later(4)) + 1)()'), 9);
       assert.equal(await ctx.run('give(Promise.resolve(10))'), 11);
+    });
+
+    it('should settle host promises behind a busy isolate without blocking the host loop', async function () {
+      this.timeout(20000);
+      const ctx = iso.createContext({ later: () => new Promise((resolve) => setTimeout(() => resolve(41), 20)) });
+      const { result } = await ctx.run('({ result: (async () => (await later()) + 1)() })');
+      let ticks = 0;
+      const timer = setInterval(() => { ticks++; }, 10);
+      try {
+        // Holds the isolate while later() settles: the settlement queues.
+        const spin = ctx.run('const t0 = Date.now(); while (Date.now() - t0 < 300); "spun"', { timeout: 2000 });
+        assert.equal(await result, 42);
+        assert.equal(await spin, 'spun');
+      } finally {
+        clearInterval(timer);
+      }
+      assert.ok(ticks >= 15, `the interval fired only ${ticks} times`);
     });
 
     it('should refuse a sync call into the isolate of the run that waits for it', async () => {
