@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <node.h>
@@ -23,6 +24,7 @@ namespace cordon {
 
 class PromiseRecord;
 class ModuleRecord;
+struct PromiseCell;
 
 // The embedder-data slot of a context that points at its ContextRecord.
 constexpr int kContextRecordSlot = 1;
@@ -211,6 +213,9 @@ struct cdn_engine_isolate_s {
   std::mutex settled_mu;
   std::vector<cordon::PromiseRecord*> settled;
   std::atomic<size_t> settled_pending{0};
+  // Cells of watched promises whose reactions are alive (under the lock):
+  // V8 runs no weak callbacks at dispose, so dispose frees these.
+  std::unordered_set<cordon::PromiseCell*> cells;
 
   // Set by the near-heap-limit callback, or the allocator's third refusal in
   // a row: the run was terminated for memory; reported as CDN_ENOMEM.
@@ -328,7 +333,8 @@ class PromiseRecord final : public OutRef {
 // sandbox collects them (a weak handle on one of them), which, while the
 // promise is pending, also means the promise was abandoned.
 struct PromiseCell {
-  PromiseRecord* rec;                 // nullptr once the record is gone
+  PromiseRecord* rec;  // nullptr once the record is gone
+  cdn_engine_isolate_t* iso;
   v8::Global<v8::Function> reaction;  // weak
 };
 

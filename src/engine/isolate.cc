@@ -271,6 +271,11 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
     iso->tasks->Close(&releases);
     for (Record* r : releases) delete r;
     while (iso->records != nullptr) delete iso->records;
+    for (cordon::PromiseCell* cell : iso->cells) {
+      cell->reaction.Reset();
+      delete cell;
+    }
+    iso->cells.clear();
     iso->internal_context.Reset();
     iso->placeholder.Reset();
     iso->import_map.Reset();

@@ -98,6 +98,7 @@ void OnReactionsCollected(const v8::WeakCallbackInfo<PromiseCell>& info) {
   PromiseCell* cell = info.GetParameter();
   PromiseRecord* rec = cell->rec;
   cell->reaction.Reset();
+  cell->iso->cells.erase(cell);
   delete cell;
   if (rec == nullptr) return;
   rec->cell = nullptr;
@@ -126,7 +127,7 @@ PromiseRecord* WatchPromise(Isolate* isolate, Local<Context> context,
     case v8::Promise::kPending:
       break;
   }
-  auto* cell = new PromiseCell{rec, {}};
+  auto* cell = new PromiseCell{rec, rec->iso(), {}};
   Local<External> data = External::New(isolate, cell);
   Local<v8::Function> fulfilled, rejected;
   if (!v8::Function::New(context, OnFulfilled, data, 1).ToLocal(&fulfilled) ||
@@ -139,6 +140,7 @@ PromiseRecord* WatchPromise(Isolate* isolate, Local<Context> context,
     return rec;
   }
   rec->cell = cell;
+  rec->iso()->cells.insert(cell);
   cell->reaction.Reset(isolate, fulfilled);
   cell->reaction.SetWeak(cell, OnReactionsCollected,
                          v8::WeakCallbackType::kParameter);
