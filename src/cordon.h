@@ -93,9 +93,9 @@ struct iso_s {
   iso_t* prev;
   iso_t* next;
   /* Async calls (under run.mu, but `serving`: host thread only). */
-  int owner;            /* ISO_FREE / ISO_HOST / ISO_RUNNER */
-  iso_job_t* jobs;      /* queued async jobs, oldest first */
-  iso_job_t* jobs_tail; /* */
+  int owner;       /* ISO_FREE / ISO_HOST / ISO_RUNNER */
+  iso_job_t* jobs; /* queued async jobs, oldest first */
+  iso_job_t* jobs_tail;
   int scheduled;        /* in run.ready */
   int host_waiting;     /* host threads waiting to take it */
   int serving;          /* host callbacks of its runner on the host stack */
@@ -155,13 +155,13 @@ typedef struct {
   int waking; /* of those, signalled and not yet awake */
   int stopping;
   int initialized;
-  int inflight;          /* jobs submitted and not yet finished */
-  iso_t* ready;          /* isolates with jobs, free to run */
-  iso_t* ready_tail;     /* */
+  int inflight; /* jobs submitted and not yet finished */
+  iso_t* ready; /* isolates with jobs, free to run */
+  iso_t* ready_tail;
   run_msg_t* requests;   /* blocking requests, for the host */
   iso_token_t* releases; /* host references a runner dropped */
   iso_job_t* done;       /* finished jobs, for the host */
-  iso_job_t* done_tail;  /* */
+  iso_job_t* done_tail;
 } run_t;
 
 /* Per-environment state (napi_set_instance_data). Refcounted: the instance

@@ -320,22 +320,12 @@ void run_release_later(cdn_env_t* cenv, iso_token_t* t) {
   uv_mutex_unlock(&r->mu);
 }
 
-/* Host loop: answer requests, release references, settle finished jobs.
- * In a callback scope, so that the host's microtasks run afterwards. */
-static void run__mail_cb(uv_async_t* async) {
-  cdn_env_t* cenv = async->data;
+/* Host thread: release the references runners dropped and settle the
+ * jobs they finished (at teardown, `closing` makes both only free). */
+static void run__drain(cdn_env_t* cenv) {
   run_t* r = &cenv->run;
-  napi_env env = cenv->env;
-  napi_handle_scope hs;
-  napi_callback_scope cs = NULL;
-  napi_value resource;
   iso_job_t* done;
   iso_token_t* releases;
-  if (napi_open_handle_scope(env, &hs) != napi_ok) return;
-  if (napi_create_object(env, &resource) != napi_ok ||
-      napi_open_callback_scope(env, resource, cenv->async, &cs) != napi_ok)
-    cs = NULL;
-  run_serve(cenv);
   uv_mutex_lock(&r->mu);
   done = r->done;
   r->done = r->done_tail = NULL;
@@ -352,6 +342,22 @@ static void run__mail_cb(uv_async_t* async) {
     done = job->next;
     iso_finish_job(job);
   }
+}
+
+/* Host loop: answer requests, release references, settle finished jobs.
+ * In a callback scope, so that the host's microtasks run afterwards. */
+static void run__mail_cb(uv_async_t* async) {
+  cdn_env_t* cenv = async->data;
+  napi_env env = cenv->env;
+  napi_handle_scope hs;
+  napi_callback_scope cs = NULL;
+  napi_value resource;
+  if (napi_open_handle_scope(env, &hs) != napi_ok) return;
+  if (napi_create_object(env, &resource) != napi_ok ||
+      napi_open_callback_scope(env, resource, cenv->async, &cs) != napi_ok)
+    cs = NULL;
+  run_serve(cenv);
+  run__drain(cenv);
   if (cs != NULL) napi_close_callback_scope(env, cs);
   napi_close_handle_scope(env, hs);
 }
@@ -431,27 +437,9 @@ static void run__mail_close_cb(uv_handle_t* handle) {
 
 void run_close(cdn_env_t* cenv) {
   run_t* r = &cenv->run;
-  iso_job_t* done;
-  iso_token_t* releases;
   if (!r->initialized) return;
   run_stop(cenv);
-  uv_mutex_lock(&r->mu);
-  done = r->done;
-  r->done = r->done_tail = NULL;
-  releases = r->releases;
-  r->releases = NULL;
-  uv_mutex_unlock(&r->mu);
-  /* The environment is closing: these only free. */
-  while (releases != NULL) {
-    iso_token_t* t = releases;
-    releases = t->next;
-    iso_callback_free(t);
-  }
-  while (done != NULL) {
-    iso_job_t* job = done;
-    done = job->next;
-    iso_finish_job(job);
-  }
+  run__drain(cenv); /* the environment is closing: this only frees */
   uv_close((uv_handle_t*)r->mail, run__mail_close_cb);
   r->mail = NULL;
   uv_cond_destroy(&r->reply_cv);

@@ -288,10 +288,9 @@ extern "C" int cdn_engine_run(cdn_engine_context_t* ctx,
   auto* rec = reinterpret_cast<ContextRecord*>(ctx);
   cdn_engine_isolate_t* iso = rec->iso();
   Isolate* isolate = iso->isolate;
-  HandleScope handle_scope(isolate);
-  Local<Context> context = rec->context.Get(isolate);
-  Context::Scope context_scope(context);
-  TryCatch try_catch(isolate);
+  cordon::Entry entry(isolate, rec->context);
+  Local<Context> context = entry.context;
+  TryCatch& try_catch = entry.try_catch;
   *out = cdn_value_t{};
   Local<v8::Symbol> symbol;
   SourceText text(isolate, src,
@@ -315,10 +314,9 @@ extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
                                      cdn_value_t* err,
                                      cdn_cache_result_t* cache) {
   Isolate* isolate = iso->isolate;
-  HandleScope handle_scope(isolate);
-  Local<Context> context = iso->internal_context.Get(isolate);
-  Context::Scope context_scope(context);
-  TryCatch try_catch(isolate);
+  cordon::Entry entry(isolate, iso->internal_context);
+  Local<Context> context = entry.context;
+  TryCatch& try_catch = entry.try_catch;
   *err = cdn_value_t{};
   *cache = cdn_cache_result_t{};
   Local<v8::Symbol> symbol;
@@ -367,10 +365,9 @@ extern "C" int cdn_engine_script_run(cdn_engine_script_t* script,
   auto* crec = reinterpret_cast<ContextRecord*>(ctx);
   cdn_engine_isolate_t* iso = crec->iso();
   Isolate* isolate = iso->isolate;
-  HandleScope handle_scope(isolate);
-  Local<Context> context = crec->context.Get(isolate);
-  Context::Scope context_scope(context);
-  TryCatch try_catch(isolate);
+  cordon::Entry entry(isolate, crec->context);
+  Local<Context> context = entry.context;
+  TryCatch& try_catch = entry.try_catch;
   *out = cdn_value_t{};
   Local<v8::Script> bound = srec->script.Get(isolate)->BindToCurrentContext();
   return cordon::Status(iso, cordon::RunBound(isolate, context, &try_catch,
@@ -384,10 +381,9 @@ extern "C" int cdn_engine_compile_function(
   auto* rec = reinterpret_cast<ContextRecord*>(ctx);
   cdn_engine_isolate_t* iso = rec->iso();
   Isolate* isolate = iso->isolate;
-  HandleScope handle_scope(isolate);
-  Local<Context> context = rec->context.Get(isolate);
-  Context::Scope context_scope(context);
-  TryCatch try_catch(isolate);
+  cordon::Entry entry(isolate, rec->context);
+  Local<Context> context = entry.context;
+  TryCatch& try_catch = entry.try_catch;
   *out = cdn_value_t{};
   *cache = cdn_cache_result_t{};
 
@@ -463,10 +459,9 @@ extern "C" int cdn_engine_call(cdn_engine_function_t* fnp,
     release_from(0);
     return CDN_EDISPOSED;
   }
-  HandleScope handle_scope(isolate);
-  Local<Context> context = rec->link->rec->context.Get(isolate);
-  Context::Scope context_scope(context);
-  TryCatch try_catch(isolate);
+  cordon::Entry entry(isolate, rec->link->rec->context);
+  Local<Context> context = entry.context;
+  TryCatch& try_catch = entry.try_catch;
   const std::shared_ptr<cordon::ContextLink>& link = rec->link;
 
   Local<Value> recv;

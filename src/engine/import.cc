@@ -364,10 +364,9 @@ extern "C" int cdn_engine_module_new(cdn_engine_context_t* ctx,
   auto* crec = reinterpret_cast<ContextRecord*>(ctx);
   cdn_engine_isolate_t* iso = crec->iso();
   Isolate* isolate = iso->isolate;
-  HandleScope handle_scope(isolate);
-  Local<Context> context = crec->context.Get(isolate);
-  Context::Scope context_scope(context);
-  TryCatch try_catch(isolate);
+  cordon::Entry entry(isolate, crec->context);
+  Local<Context> context = entry.context;
+  TryCatch& try_catch = entry.try_catch;
   *err = cdn_value_t{};
   Local<v8::Symbol> symbol;
   Local<v8::PrimitiveArray> options =
@@ -476,10 +475,9 @@ extern "C" int cdn_engine_import_resolve(cdn_engine_resolver_t* r,
   cdn_engine_isolate_t* iso = rrec->iso();
   Isolate* isolate = iso->isolate;
   if (rrec->link->rec == nullptr) return CDN_EDISPOSED;
-  HandleScope handle_scope(isolate);
-  Local<Context> context = rrec->link->rec->context.Get(isolate);
-  Context::Scope context_scope(context);
-  TryCatch try_catch(isolate);
+  cordon::Entry entry(isolate, rrec->link->rec->context);
+  Local<Context> context = entry.context;
+  TryCatch& try_catch = entry.try_catch;
   Local<v8::Module> module = mrec->module.Get(isolate);
   Local<v8::Promise::Resolver> resolver = rrec->resolver.Get(isolate);
   if (module->GetStatus() == v8::Module::kErrored) {

@@ -389,6 +389,21 @@ class ImportHost final : public Record {
   v8::Global<v8::Object> record;  // weak
 };
 
+// The prologue of an engine entry point: a handle scope, `context`
+// entered, and a TryCatch — in this order, so they unwind in reverse, as
+// the locals they replace did.
+struct Entry {
+  Entry(v8::Isolate* isolate, const v8::Global<v8::Context>& global)
+      : handle_scope(isolate),
+        context(global.Get(isolate)),
+        context_scope(context),
+        try_catch(isolate) {}
+  v8::HandleScope handle_scope;
+  v8::Local<v8::Context> context;
+  v8::Context::Scope context_scope;
+  v8::TryCatch try_catch;
+};
+
 // Enters the host isolate around a hook that runs host code, when the
 // current thread is the host's (a runner thread's hooks hand the work to
 // the host thread instead, and must not touch the host isolate).

@@ -324,10 +324,9 @@ extern "C" int cdn_engine_resolver_settle(cdn_engine_resolver_t* r,
     cordon::ReleaseRefs(iso, &in);
     return CDN_EDISPOSED;
   }
-  HandleScope handle_scope(isolate);
-  Local<Context> context = rec->link->rec->context.Get(isolate);
-  Context::Scope context_scope(context);
-  TryCatch try_catch(isolate);
+  cordon::Entry entry(isolate, rec->link->rec->context);
+  Local<Context> context = entry.context;
+  TryCatch& try_catch = entry.try_catch;
   Local<v8::Promise::Resolver> resolver = rec->resolver.Get(isolate);
   Local<Value> v;
   if (in.kind == CDN_VAL_ERROR) {
