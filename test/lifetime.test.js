@@ -4,7 +4,7 @@ const assert = require('node:assert/strict');
 const path = require('node:path');
 const { Worker } = require('node:worker_threads');
 const cordon = require('..');
-const { sleep, runNode, hostGc } = require('./support/util');
+const { sleep, runNode, hostGc, terminateSpinning } = require('./support/util');
 
 const fixture = (name) => path.join(__dirname, 'fixtures', name);
 
@@ -68,13 +68,7 @@ describe('lifetime', () => {
   it('should survive worker.terminate() while a sandbox loop runs with a long timeout', async function () {
     this.timeout(60000);
     const worker = new Worker(fixture('worker-run.js'), { workerData: { mode: 'spin', timeout: 1500 } });
-    const errors = [];
-    worker.on('error', (e) => errors.push(e));
-    const exited = new Promise((resolve) => worker.once('exit', resolve));
-    assert.equal(await new Promise((resolve) => worker.once('message', resolve)), 'spinning');
-    await worker.terminate();
-    await exited;
-    assert.deepEqual(errors, []);
+    assert.deepEqual(await terminateSpinning(worker), []);
     // The main thread, its isolates and a new one all work.
     assert.equal(cordon.runInContext('6 * 7', cordon.createContext(), { timeout: 1000 }), 42);
     const iso = new cordon.Isolate();

@@ -37,4 +37,17 @@ async function rejection(promise) {
   throw new Error('expected the promise to reject');
 }
 
-module.exports = { tick, sleep, runNode, hostGc, rejection };
+// Wait until `worker` posts 'spinning', terminate it and wait for its exit;
+// resolves with the 'error' events it emitted.
+async function terminateSpinning(worker) {
+  const errors = [];
+  worker.on('error', (e) => errors.push(e));
+  const exited = new Promise((resolve) => worker.once('exit', resolve));
+  const message = await new Promise((resolve) => worker.once('message', resolve));
+  if (message !== 'spinning') throw new Error(`the worker said ${message}`);
+  await worker.terminate();
+  await exited;
+  return errors;
+}
+
+module.exports = { tick, sleep, runNode, hostGc, rejection, terminateSpinning };
