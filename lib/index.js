@@ -194,7 +194,7 @@ function jobDone(context, timeout) {
   return done;
 }
 
-binding.setup(makeError, makeDeferred, adopt, importHook, rejectionHook, jobScope);
+binding.setup(makeError, makeDeferred, adopt, importHook, rejectionHook, jobScope, binding.PENDING);
 // process.exit() runs no cleanup hooks: stop the runner threads before
 // Node tears the platform down under them.
 process.on('exit', () => binding.shutdown());
@@ -306,7 +306,10 @@ function callTarget(target, thisArg, args, timeout, cpuTimeout) {
     activeCpuTimeout = prevCpuTimeout;
     activeContext = prevContext;
   }
-  return typeof result === 'object' && result !== null ? decodeIn(context, result) : result;
+  if (typeof result === 'object' && result !== null) {
+    return result === binding.PENDING ? binding.failed() : decodeIn(context, result);
+  }
+  return result;
 }
 
 // An argument (index -1: thisArg) for the native layer.

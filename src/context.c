@@ -169,26 +169,28 @@ static napi_value ctx__js_dispose(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-cdn_engine_context_t* ctx_live(napi_env env, napi_value v, iso_t** iso) {
+ctx_t* ctx_live(napi_env env, napi_value v, iso_t** iso) {
   ctx_t* ctx = ctx__external(env, v);
   *iso = ctx->iso;
   if (ctx->engine == NULL || !iso_alive(ctx->iso)) {
     cdn_throw(env, ctx->iso->env, CDN_KDISPOSED, NULL);
     return NULL;
   }
-  return ctx->engine;
+  return ctx;
 }
 
 typedef struct {
-  cdn_engine_context_t* ctx;
+  ctx_t* ctx;
   ctx_source_t* source;
   ctx_script_t* script;
 } ctx_run_args_t;
 
 static int ctx__run_body(void* arg, cdn_value_t* out) {
   ctx_run_args_t* a = arg;
+  cdn_engine_context_t* engine = ctx_engine(a->ctx);
+  if (engine == NULL) return CDN_EDISPOSED; /* the tokens stay the host's */
   a->source->taken = 1;
-  return cdn_engine_run(a->ctx, &a->source->src, out);
+  return cdn_engine_run(engine, &a->source->src, out);
 }
 
 /* run(context, code, filename, lineOffset, columnOffset, timeoutMs,
@@ -204,7 +206,7 @@ static napi_value ctx__js_run(napi_env env, napi_callback_info info) {
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   a.ctx = ctx_live(env, argv[0], &iso);
-  if (a.ctx == NULL) return NULL;
+  if (a.ctx == NULL) return cdn_pending(env);
   CDN_CALL(env, napi_get_value_double(env, argv[5], &timeout));
   CDN_CALL(env, napi_get_value_double(env, argv[7], &cpu));
   import[0] = argv[6];
@@ -235,8 +237,7 @@ typedef struct {
  * the lock, which this job holds). */
 static int ctx__job_body(void* arg, cdn_value_t* out) {
   ctx_job_t* j = arg;
-  cdn_engine_context_t* engine =
-      __atomic_load_n(&j->ctx->engine, __ATOMIC_ACQUIRE);
+  cdn_engine_context_t* engine = ctx_engine(j->ctx);
   if (engine == NULL) return CDN_EDISPOSED;
   if (j->script != NULL)
     return cdn_engine_script_run(j->script->engine, engine, out);
@@ -258,7 +259,7 @@ static ctx_job_t* ctx__job_new(napi_env env, napi_value context,
   j = calloc(1, sizeof(*j));
   if (j == NULL) {
     cdn_throw_status(env, napi_generic_failure, "job");
-    return NULL;
+    return NULL; /* the caller returns cdn_pending() */
   }
   j->ctx = ctx__external(env, context);
   j->job.iso = *iso;
@@ -268,7 +269,7 @@ static ctx_job_t* ctx__job_new(napi_env env, napi_value context,
       napi_get_value_double(env, cpu, &j->job.cpu_ms) != napi_ok) {
     free(j);
     cdn_throw_status(env, napi_invalid_arg, "job");
-    return NULL;
+    return NULL; /* the caller returns cdn_pending() */
   }
   return j;
 }
@@ -282,7 +283,7 @@ static napi_value ctx__js_run_async(napi_env env, napi_callback_info info) {
   iso_t* iso;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   j = ctx__job_new(env, argv[0], argv[5], argv[7], &iso);
-  if (j == NULL) return NULL;
+  if (j == NULL) return cdn_pending(env);
   import[0] = argv[6];
   if (napi_get_undefined(env, &import[1]) != napi_ok ||
       ctx_source(env, iso->env, argv + 1, NULL, import, &j->source) !=
@@ -302,7 +303,7 @@ static napi_value ctx__js_script_run_async(napi_env env,
   iso_t* iso;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   j = ctx__job_new(env, argv[1], argv[2], argv[3], &iso);
-  if (j == NULL) return NULL;
+  if (j == NULL) return cdn_pending(env);
   j->script = ctx__external(env, argv[0]);
   CDN_ASSERT(j->script->iso == iso);
   return iso_start(env, &j->job, argv[4]);
@@ -414,7 +415,9 @@ static napi_value ctx__js_script_new(napi_env env, napi_callback_info info) {
 
 static int ctx__script_run_body(void* arg, cdn_value_t* out) {
   ctx_run_args_t* a = arg;
-  return cdn_engine_script_run(a->script->engine, a->ctx, out);
+  cdn_engine_context_t* engine = ctx_engine(a->ctx);
+  if (engine == NULL) return CDN_EDISPOSED;
+  return cdn_engine_script_run(a->script->engine, engine, out);
 }
 
 /* scriptRun(script, context, timeoutMs, cpuTimeoutMs). lib/ checks both
@@ -430,7 +433,7 @@ static napi_value ctx__js_script_run(napi_env env, napi_callback_info info) {
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   a.script = ctx__external(env, argv[0]);
   a.ctx = ctx_live(env, argv[1], &iso);
-  if (a.ctx == NULL) return NULL;
+  if (a.ctx == NULL) return cdn_pending(env);
   CDN_ASSERT(a.script->iso == iso);
   CDN_CALL(env, napi_get_value_double(env, argv[2], &timeout));
   CDN_CALL(env, napi_get_value_double(env, argv[3], &cpu));

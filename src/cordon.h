@@ -24,15 +24,13 @@
 #include "engine/engine.h"
 #include "watchdog.h"
 
-/* Check a napi_status; on failure throw (unless an exception is already
- * pending) and return NULL from the enclosing napi callback. */
-#define CDN_CALL(env, call)                   \
-  do {                                        \
-    napi_status cdn__s = (call);              \
-    if (cdn__s != napi_ok) {                  \
-      cdn_throw_status((env), cdn__s, #call); \
-      return NULL;                            \
-    }                                         \
+/* Check a napi_status; on failure make it the call's error (unless a JS
+ * exception is already pending) and return from the enclosing napi
+ * callback (see cdn_throw). */
+#define CDN_CALL(env, call)                                               \
+  do {                                                                    \
+    napi_status cdn__s = (call);                                          \
+    if (cdn__s != napi_ok) return cdn_throw_status((env), cdn__s, #call); \
   } while (0)
 
 /* The same for helpers that return a napi_status. */
@@ -131,9 +129,12 @@ struct iso_job_s {
 };
 
 /* A blocking request from a runner thread: the host thread calls fn(arg)
- * and sets `answered`. */
+ * and sets `answered`. At environment teardown, when no JS may run, it
+ * calls cancel(arg) instead, which must answer without Node-API calls
+ * that make handles or run JS. */
 struct run_msg_s {
   void (*fn)(void* arg);
+  void (*cancel)(void* arg);
   void* arg;
   iso_t* iso;
   int answered;
@@ -172,6 +173,11 @@ struct cdn_env_s {
   uv_loop_t* loop;
   int refs;
   int closing;
+  /* libuv handles of this environment not yet through their close
+   * callback: each holds a reference (refs), and the async cleanup hook
+   * finishes when the last one has closed (see addon.c). */
+  int handles;
+  napi_async_cleanup_hook_handle cleanup;
   wd_t wd;
   run_t run;
   iso_t* isolates;
@@ -181,6 +187,8 @@ struct cdn_env_s {
   napi_ref import_hook;    /* lib's import(): see module.c */
   napi_ref rejection_hook; /* lib's unhandled-rejection report */
   napi_ref job_scope;      /* lib's jobScope(done) / jobScope() */
+  napi_ref pending;        /* the error cdn_throw built, for takePending() */
+  napi_ref marker;         /* lib's PENDING: "the call failed, take it" */
   napi_async_context async; /* for the mailbox's callback scope */
   iso_token_t* orphans;     /* watched promises a dispose dropped */
   /* live host records, for tests */
@@ -191,10 +199,21 @@ struct cdn_env_s {
   int64_t n_functions;
 };
 
-void cdn_throw_status(napi_env env, napi_status status, const char* call);
+/* An internal error for a failed napi call: see cdn_throw. Returns what
+ * the napi callback returns. */
+napi_value cdn_throw_status(napi_env env, napi_status status, const char* call);
+/* What a napi callback returns when the error of the call was already made
+ * (cdn_throw, cdn_throw_status): the marker, or NULL. */
+napi_value cdn_pending(napi_env env);
 void cdn_abort(const char* file, int line, const char* expr);
 void cdn_env_unref(cdn_env_t* cenv);
-/* Throw the error lib/ builds for a failed call. `kind` is a status
+/* A libuv handle of the environment was initialised / went through its
+ * close callback. Loop thread. */
+void cdn_handle_opened(cdn_env_t* cenv);
+void cdn_handle_closed(cdn_env_t* cenv);
+/* Make the error lib/ builds for a failed call the call's outcome: it is
+ * left for lib/binding.js, and the returned marker is what the napi
+ * callback must return (see addon.c for why not napi_throw). `kind` is a status
  * (cdn_status) or one of the CDN_K* below; `v` may hold the error. */
 enum {
   CDN_KDISPOSED = -100,
@@ -272,12 +291,17 @@ void run_release_owner(iso_t* iso);
  * CDN_KBUSY when the host stack is inside a callback of that job (the
  * dispose then completes when the job finishes). */
 int run_stop_isolate(iso_t* iso, iso_job_t** jobs);
+/* Host thread, before the engine of `iso` is disposed: its finished jobs
+ * not yet settled drop their results (which point into the engine) and
+ * will reject with ERR_ISOLATE_DISPOSED. */
+void run_forget_results(iso_t* iso);
 /* Host thread: queue a job (under run.mu) and make sure a runner comes. */
 int run_queue(iso_job_t* job);
 /* Host thread: a job was settled (or freed). */
 void run_finished(cdn_env_t* cenv);
-/* Runner thread: have the host thread call fn(arg); wait for it. */
-void run_ask(iso_t* iso, void (*fn)(void*), void* arg);
+/* Runner thread: have the host thread call fn(arg) (or cancel(arg) when
+ * the environment is closing); wait for it. */
+void run_ask(iso_t* iso, void (*fn)(void*), void (*cancel)(void*), void* arg);
 /* Runner thread: hand a host reference to the host thread to release. */
 void run_release_later(cdn_env_t* cenv, iso_token_t* t);
 /* Host thread: answer the runners' blocking requests now; returns how
@@ -315,9 +339,13 @@ typedef struct {
 napi_status ctx_source(napi_env env, cdn_env_t* cenv, napi_value* argv,
                        napi_value cached, napi_value* import, ctx_source_t* s);
 void ctx_source_free(ctx_source_t* s);
-/* The engine context behind a context handle; NULL after throwing
+/* The context record behind a context handle; NULL after throwing
  * ERR_ISOLATE_DISPOSED if it or its isolate is gone. */
-cdn_engine_context_t* ctx_live(napi_env env, napi_value v, iso_t** iso);
+ctx_t* ctx_live(napi_env env, napi_value v, iso_t** iso);
+/* The engine context of a live record, or NULL once disposed. Bodies of
+ * locked calls read it only when they run: a sync call may wait for the
+ * isolate, and host code it runs meanwhile may dispose the context. */
+#define ctx_engine(ctx) __atomic_load_n(&(ctx)->engine, __ATOMIC_ACQUIRE)
 napi_value ctx_init_exports(napi_env env, napi_value exports);
 /* A Script handle for lib/ around an engine script record. */
 napi_status ctx_script_handle(napi_env env, iso_t* iso,

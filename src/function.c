@@ -126,7 +126,7 @@ static napi_value fn__js_call(napi_env env, napi_callback_info info) {
   CDN_CALL(env, napi_get_value_external(env, jsargv[0], (void**)&a.fn));
   cenv = a.fn->iso->env;
   if (!iso_alive(a.fn->iso)) {
-    cdn_throw(env, cenv, CDN_KDISPOSED, NULL);
+    result = cdn_throw(env, cenv, CDN_KDISPOSED, NULL);
     goto done;
   }
   st = napi_get_value_double(env, jsargv[1], &timeout);
@@ -147,7 +147,7 @@ static napi_value fn__js_call(napi_env env, napi_callback_info info) {
   err = iso_call_ex(a.fn->iso, timeout, cpu, fn__call_body, &a, &out);
   val_release(&this_arg);
   if (err != CDN_OK) {
-    cdn_throw(env, cenv, err, &out);
+    result = cdn_throw(env, cenv, err, &out);
   } else {
     st = fn_value_to_napi(env, a.fn->iso, &out, &result);
     cdn_value_free(&out);
@@ -156,7 +156,7 @@ done:
   for (i = 0; i < made; i++) val_release(&vals[i]);
   if (jsargv != stack_argv) free(jsargv);
   if (vals != stack_vals) free(vals);
-  if (st != napi_ok) cdn_throw_status(env, st, "call");
+  if (st != napi_ok) return cdn_throw_status(env, st, "call");
   return result;
 }
 
@@ -239,7 +239,7 @@ static napi_value fn__js_call_async(napi_env env, napi_callback_info info) {
 /* ---- compileFunction --------------------------------------------------- */
 
 typedef struct {
-  void* ctx; /* cdn_engine_context_t* */
+  ctx_t* ctx;
   ctx_source_t* source;
   cdn_source_t* src;
   cdn_param_t* params;
@@ -250,8 +250,10 @@ typedef struct {
 
 static int fn__compile_body(void* arg, cdn_value_t* out) {
   fn_compile_args_t* a = arg;
+  cdn_engine_context_t* engine = ctx_engine(a->ctx);
+  if (engine == NULL) return CDN_EDISPOSED; /* the tokens stay the host's */
   a->source->taken = 1;
-  return cdn_engine_compile_function(a->ctx, a->src, a->params, a->nparams,
+  return cdn_engine_compile_function(engine, a->src, a->params, a->nparams,
                                      a->extensions, out, a->cache);
 }
 
@@ -275,7 +277,7 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
 
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   a.ctx = ctx_live(env, argv[0], &iso);
-  if (a.ctx == NULL) return NULL;
+  if (a.ctx == NULL) return cdn_pending(env);
   CDN_CALL(env, napi_get_array_length(env, argv[5], &n));
   CDN_CALL(env, napi_get_value_bool(env, argv[8], &produce));
   a.params = calloc(n > 0 ? n : 1, sizeof(cdn_param_t));
@@ -302,7 +304,7 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
     err = iso_call(iso, 0, fn__compile_body, &a, &out);
     val_release(&extensions);
     if (err != CDN_OK) {
-      cdn_throw(env, iso->env, err, &out);
+      result = cdn_throw(env, iso->env, err, &out);
     } else {
       napi_value fn, rejected, buf;
       st = fn_value_to_napi(env, iso, &out, &fn);
@@ -322,10 +324,7 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
   ctx_source_free(&source);
   for (i = 0; i < n; i++) free((void*)a.params[i].name);
   free(a.params);
-  if (st != napi_ok) {
-    cdn_throw_status(env, st, "compileFunction");
-    return NULL;
-  }
+  if (st != napi_ok) return cdn_throw_status(env, st, "compileFunction");
   return result;
 }
 

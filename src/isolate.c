@@ -20,6 +20,7 @@ struct iso_wake_s {
   uv_async_t async;
   uv_timer_t timer;
   iso_t* iso; /* NULL once the isolate is disposed */
+  cdn_env_t* cenv;
   int closing;
 };
 
@@ -248,6 +249,9 @@ void iso_finish_job(iso_job_t* job) {
     napi_close_handle_scope(env, scope);
   }
 freed:
+  /* Host code run by `done` may have disposed the isolate: what the
+   * result still points at is gone with it. */
+  if (iso->engine == NULL) job->out.nrefs = 0;
   cdn_value_free(&job->out);
   if (job->done != NULL) napi_delete_reference(env, job->done);
   if (job->keep != NULL) napi_delete_reference(env, job->keep);
@@ -332,7 +336,18 @@ static void iso__timer_cb(uv_timer_t* timer) {
 
 static void iso__wake_close_cb(uv_handle_t* handle) {
   struct iso_wake_s* wake = handle->data;
+  cdn_env_t* cenv = wake->cenv;
   if (--wake->closing == 0) free(wake);
+  cdn_handle_closed(cenv);
+}
+
+/* Close both loop handles (each counted by the environment until its
+ * close callback has run). */
+static void iso__wake_close(struct iso_wake_s* wake) {
+  wake->iso = NULL;
+  wake->closing = 2;
+  uv_close((uv_handle_t*)&wake->async, iso__wake_close_cb);
+  uv_close((uv_handle_t*)&wake->timer, iso__wake_close_cb);
 }
 
 /* Any thread: V8 posted a task. The engine stops calling this before the
@@ -340,6 +355,15 @@ static void iso__wake_close_cb(uv_handle_t* handle) {
 static void iso__wake(void* data) {
   iso_t* iso = data;
   uv_async_send(&iso->wake->async);
+}
+
+/* The answer of a host callback for a run that is being stopped. No
+ * Node-API: also used at teardown, when no JS may run. */
+static void iso__stopped(cdn_value_t* result) {
+  memset(result, 0, sizeof(*result));
+  result->kind = CDN_VAL_ERROR;
+  result->name = strdup("Error");
+  result->message = strdup("the sandbox is being stopped");
 }
 
 /* lib/'s answer from a host callback: a primitive, or [0, encoded] for a
@@ -380,16 +404,13 @@ static void iso__call_host(iso_t* iso, iso_token_t* cb, const cdn_value_t* args,
                            cdn_value_t* result) {
   napi_env env = iso->env->env;
   napi_handle_scope scope;
-  napi_value fn, argv[1], global, ret, exc;
+  napi_value fn, argv[1], global, ret;
   napi_status st;
 
   memset(result, 0, sizeof(*result));
   if (iso->env->closing || iso__load(&iso->env->run.stopping) ||
       iso__load(&iso->dispose_pending)) {
-    /* The run is being stopped: it unwinds without the host's answer. */
-    result->kind = CDN_VAL_ERROR;
-    result->name = strdup("Error");
-    result->message = strdup("the sandbox is being stopped");
+    iso__stopped(result); /* it unwinds without the host's answer */
     return;
   }
   st = napi_open_handle_scope(env, &scope);
@@ -400,12 +421,19 @@ static void iso__call_host(iso_t* iso, iso_token_t* cb, const cdn_value_t* args,
   if (st == napi_ok) st = napi_call_function(env, global, fn, 1, argv, &ret);
   if (st == napi_ok) st = iso__answer(env, iso->env, ret, result);
   if (st != napi_ok) {
-    /* Only when the host is shutting down: lib's wrapper catches all. */
-    napi_get_and_clear_last_exception(env, &exc);
+    /* lib's wrapper catches everything, so this is the host itself
+     * stopping: a worker being terminated (its isolate is terminating), or
+     * an environment that can no longer run JS. Its exception stays
+     * pending, so that the host's JS stops too once the run returns
+     * (clearing it would let a terminated worker run on); the isolate
+     * stops now rather than at its deadline, and goes (it could not call
+     * the host again anyway). */
     val_release(result);
-    result->kind = CDN_VAL_ERROR;
-    result->name = strdup("Error");
-    result->message = strdup("the host callback could not be called");
+    iso__stopped(result);
+    if (iso->engine != NULL) {
+      __atomic_store_n(&iso->dispose_pending, 1, __ATOMIC_RELEASE);
+      cdn_engine_terminate(iso->engine);
+    }
   }
   napi_close_handle_scope(env, scope);
 }
@@ -429,6 +457,25 @@ static void iso__call_hop(void* p) {
   iso__job_scope(h->iso->env, NULL);
 }
 
+/* Host thread at teardown: the hops' answers without Node-API. */
+static void iso__call_cancel(void* p) {
+  iso__stopped(((iso_hop_t*)p)->result);
+}
+
+static void iso__import_cancel(void* p) {
+  cdn_import_t* req = ((iso_hop_t*)p)->request;
+  cdn_engine_resolver_release(req->resolver);
+  if (req->referrer != NULL && req->kind != CDN_REFERRER_MODULE)
+    cdn_engine_ref_release(req->referrer);
+  req->referrer = NULL;
+}
+
+static void iso__adopt_cancel(void* p) {
+  iso_hop_t* h = p;
+  cdn_engine_resolver_release(h->resolver);
+  prm_token_release(h->token);
+}
+
 /* Hook, on the lock holder's thread, inside a run. On the host thread the
  * callback's time is counted apart, for cpuTime and cpuTimeout; a runner
  * thread only waits (no CPU of its own) while the host runs it. */
@@ -438,7 +485,7 @@ static void iso__call(void* data, void* cbp, const cdn_value_t* args,
   uint64_t t0, c0 = 0;
   if (iso__load(&iso->owner) == ISO_RUNNER) {
     iso_hop_t h = {iso, cbp, args, result, NULL, NULL};
-    run_ask(iso, iso__call_hop, &h);
+    run_ask(iso, iso__call_hop, iso__call_cancel, &h);
     return;
   }
   t0 = uv_hrtime();
@@ -485,7 +532,7 @@ static void iso__import(void* data, cdn_import_t* req) {
   iso_t* iso = data;
   if (iso__load(&iso->owner) == ISO_RUNNER) {
     iso_hop_t h = {iso, NULL, NULL, NULL, NULL, req};
-    run_ask(iso, iso__import_hop, &h);
+    run_ask(iso, iso__import_hop, iso__import_cancel, &h);
     return;
   }
   mod_import(iso, req);
@@ -504,7 +551,7 @@ static void iso__adopt(void* data, void* token,
   iso_t* iso = data;
   if (iso__load(&iso->owner) == ISO_RUNNER) {
     iso_hop_t h = {iso, token, NULL, NULL, resolver, NULL};
-    run_ask(iso, iso__adopt_hop, &h);
+    run_ask(iso, iso__adopt_hop, iso__adopt_cancel, &h);
     return;
   }
   prm_adopt(iso, token, resolver);
@@ -525,6 +572,7 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
   iso->wake = wake;
   iso->next_task_ms = -1;
   wake->iso = iso;
+  wake->cenv = cenv;
   wake->async.data = wake;
   wake->timer.data = wake;
   if (uv_async_init(cenv->loop, &wake->async, iso__async_cb) != 0) {
@@ -533,6 +581,8 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
     return napi_generic_failure;
   }
   uv_timer_init(cenv->loop, &wake->timer);
+  cdn_handle_opened(cenv);
+  cdn_handle_opened(cenv);
   /* Sandbox housekeeping never keeps the host process alive. */
   uv_unref((uv_handle_t*)&wake->async);
   uv_unref((uv_handle_t*)&wake->timer);
@@ -554,10 +604,7 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
   if (cdn_engine_isolate_new(&opts, &hooks, &iso->engine) != CDN_OK) {
     if (iso->async != NULL) napi_async_destroy(cenv->env, iso->async);
     iso->engine = NULL;
-    wake->iso = NULL;
-    wake->closing = 2;
-    uv_close((uv_handle_t*)&wake->async, iso__wake_close_cb);
-    uv_close((uv_handle_t*)&wake->timer, iso__wake_close_cb);
+    iso__wake_close(wake);
     free(iso);
     return napi_generic_failure;
   }
@@ -587,6 +634,7 @@ void iso_dispose(iso_t* iso) {
    * a host callback of that job, iso_finish_job() finishes instead. */
   if (run_stop_isolate(iso, &jobs) == CDN_KBUSY) return;
   if (iso->engine != NULL) { /* (host code run while waiting may have) */
+    run_forget_results(iso);
     cdn_engine_isolate_dispose(iso->engine);
     iso->engine = NULL;
     iso__forget(iso);
@@ -607,10 +655,7 @@ static void iso__forget(iso_t* iso) {
   cdn_env_t* cenv = iso->env;
   prm_settle_orphans(cenv);
   iso->wake = NULL;
-  wake->iso = NULL;
-  wake->closing = 2;
-  uv_close((uv_handle_t*)&wake->async, iso__wake_close_cb);
-  uv_close((uv_handle_t*)&wake->timer, iso__wake_close_cb);
+  iso__wake_close(wake);
   if (iso->prev != NULL)
     iso->prev->next = iso->next;
   else

@@ -108,15 +108,17 @@ void mod_import(iso_t* iso, cdn_import_t* req) {
 /* ---- exports ------------------------------------------------------------ */
 
 typedef struct {
-  cdn_engine_context_t* ctx;
+  ctx_t* ctx;
   ctx_source_t* source;
   cdn_engine_module_t* result;
 } mod_new_args_t;
 
 static int mod__new_body(void* arg, cdn_value_t* out) {
   mod_new_args_t* a = arg;
+  cdn_engine_context_t* engine = ctx_engine(a->ctx);
+  if (engine == NULL) return CDN_EDISPOSED; /* the tokens stay the host's */
   a->source->taken = 1;
-  return cdn_engine_module_new(a->ctx, &a->source->src, &a->result, out);
+  return cdn_engine_module_new(engine, &a->source->src, &a->result, out);
 }
 
 /* moduleNew(context, code, filename, lineOffset, columnOffset,
@@ -132,7 +134,7 @@ static napi_value mod__js_new(napi_env env, napi_callback_info info) {
   int err;
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   a.ctx = ctx_live(env, argv[0], &iso);
-  if (a.ctx == NULL) return NULL;
+  if (a.ctx == NULL) return cdn_pending(env);
   if (ctx_source(env, iso->env, argv + 1, NULL, argv + 5, &source) != napi_ok) {
     ctx_source_free(&source);
     CDN_CALL(env, napi_generic_failure);

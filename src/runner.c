@@ -152,18 +152,24 @@ static void run__thread(void* arg) {
 
 int run_serve(cdn_env_t* cenv) {
   run_t* r = &cenv->run;
-  run_msg_t* list;
   int n = 0;
-  uv_mutex_lock(&r->mu);
-  list = r->requests;
-  r->requests = NULL;
-  uv_mutex_unlock(&r->mu);
-  while (list != NULL) {
-    run_msg_t* m = list;
-    iso_t* iso = m->iso;
-    list = m->next;
+  /* One at a time, so that requests not yet answered stay in the list:
+   * host code run by one of them (process.exit() and its 'exit' handlers,
+   * a sync call that waits for another runner) can answer the others. */
+  for (;;) {
+    run_msg_t* m;
+    iso_t* iso;
+    uv_mutex_lock(&r->mu);
+    m = r->requests;
+    if (m != NULL) r->requests = m->next;
+    uv_mutex_unlock(&r->mu);
+    if (m == NULL) break;
+    iso = m->iso;
     iso->serving++;
-    m->fn(m->arg);
+    if (cenv->closing)
+      m->cancel(m->arg); /* teardown: no handle scope, no JS */
+    else
+      m->fn(m->arg);
     iso->serving--;
     uv_mutex_lock(&r->mu);
     m->answered = 1; /* the runner may free `m` from here on */
@@ -295,10 +301,23 @@ int run_stop_isolate(iso_t* iso, iso_job_t** jobs) {
   return 0;
 }
 
-void run_ask(iso_t* iso, void (*fn)(void*), void* arg) {
+void run_forget_results(iso_t* iso) {
+  run_t* r = &iso->env->run;
+  iso_job_t* job;
+  uv_mutex_lock(&r->mu);
+  for (job = r->done; job != NULL; job = job->next) {
+    if (job->iso != iso) continue;
+    cdn_value_free(&job->out); /* releases its records: the engine lives */
+    job->err = CDN_KDISPOSED;
+  }
+  uv_mutex_unlock(&r->mu);
+}
+
+void run_ask(iso_t* iso, void (*fn)(void*), void (*cancel)(void*), void* arg) {
   run_t* r = &iso->env->run;
   run_msg_t m;
   m.fn = fn;
+  m.cancel = cancel;
   m.arg = arg;
   m.iso = iso;
   m.answered = 0;
@@ -376,6 +395,7 @@ int run_init(cdn_env_t* cenv) {
   if (uv_cond_init(&r->pool_cv) != 0) goto fail_host;
   if (uv_cond_init(&r->reply_cv) != 0) goto fail_pool;
   if (uv_async_init(cenv->loop, r->mail, run__mail_cb) != 0) goto fail_reply;
+  cdn_handle_opened(cenv);
   r->mail->data = cenv;
   uv_unref((uv_handle_t*)r->mail);
   r->initialized = 1;
@@ -432,7 +452,9 @@ void run_stop(cdn_env_t* cenv) {
 }
 
 static void run__mail_close_cb(uv_handle_t* handle) {
+  cdn_env_t* cenv = handle->data;
   free(handle);
+  cdn_handle_closed(cenv);
 }
 
 void run_close(cdn_env_t* cenv) {

@@ -415,6 +415,8 @@ extern "C" int cdn_engine_module_requests(cdn_engine_module_t* m,
   auto* rec = reinterpret_cast<ModuleRecord*>(m);
   Isolate* isolate = rec->iso()->isolate;
   HandleScope handle_scope(isolate);
+  *out = cdn_value_t{};
+  if (rec->link->rec == nullptr) return CDN_EDISPOSED;  // context disposed
   Local<Context> context = rec->link->rec->context.Get(isolate);
   Context::Scope context_scope(context);
   Local<v8::FixedArray> requests =

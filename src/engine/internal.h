@@ -44,6 +44,9 @@ class Record {
  public:
   explicit Record(cdn_engine_isolate_t* iso);
   virtual ~Record();
+  // At isolate dispose, before any record is freed: let go of what points
+  // at other records (which may be freed first), without releasing it.
+  virtual void Drop() {}
   Record(const Record&) = delete;
   Record& operator=(const Record&) = delete;
 
@@ -232,6 +235,8 @@ struct cdn_engine_isolate_s {
 
   void Link(cordon::Record* r);
   void Unlink(cordon::Record* r);
+  // Dispose: Drop() every record, then free them all.
+  void FreeRecords();
 };
 
 namespace cordon {
@@ -320,6 +325,7 @@ class PromiseRecord final : public OutRef {
     iso->promises++;
   }
   ~PromiseRecord() override;
+  void Drop() override;  // its value's references
 
   std::shared_ptr<ContextLink> link;
   cdn_promise_state state = CDN_PROMISE_PENDING;
@@ -496,6 +502,9 @@ void CancelTermination(cdn_engine_isolate_t* iso);
 void RestoreHeapLimit(cdn_engine_isolate_t* iso);
 // Fill `out` with a CDN_VAL_ERROR.
 void SetError(cdn_value_t* out, const char* name, const char* message);
+// Free a value without releasing the records it refers to (isolate
+// dispose frees those itself, possibly first).
+void DropValue(cdn_value_t* v);
 
 }  // namespace cordon
 

@@ -209,6 +209,13 @@ void cdn_engine_isolate_s::Unlink(Record* r) {
   r->prev_ = r->next_ = nullptr;
 }
 
+void cdn_engine_isolate_s::FreeRecords() {
+  // Records point at each other (a settled promise's value at function
+  // records): cut those edges first, then free in any order.
+  for (Record* r = records; r != nullptr; r = r->next_) r->Drop();
+  while (records != nullptr) delete records;
+}
+
 extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
                                       const cdn_host_hooks_t* hooks,
                                       cdn_engine_isolate_t** out) {
@@ -253,6 +260,11 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
     iso->internal_context.Reset(isolate, internal);
     cordon::InitImports(iso, internal);
     isolate->SetPromiseRejectCallback(cordon::OnPromiseReject);
+    // Under the host's --abort-on-uncaught-exception, V8 aborts the
+    // process on an exception no JS handler catches: every exception in a
+    // sandbox is caught by cordon (a TryCatch) and handed to the host.
+    isolate->SetAbortOnUncaughtExceptionCallback(
+        [](Isolate*) { return false; });
     v8::HeapStatistics hs;
     isolate->GetHeapStatistics(&hs);
     iso->heap_limit = hs.heap_size_limit();
@@ -268,9 +280,10 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
     Isolate::Scope isolate_scope(isolate);
     HandleScope handle_scope(isolate);
     std::vector<Record*> releases;
-    iso->tasks->Close(&releases);
-    for (Record* r : releases) delete r;
-    while (iso->records != nullptr) delete iso->records;
+    iso->tasks->Close(&releases);  // (released records are still linked)
+    for (cdn_rejection_t& r : iso->reports) cordon::DropValue(&r.reason);
+    iso->reports.clear();
+    iso->FreeRecords();
     for (cordon::PromiseCell* cell : iso->cells) {
       cell->reaction.Reset();
       delete cell;
@@ -284,8 +297,6 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
     iso->import_key.Reset();
     iso->import_template.Reset();
     iso->unhandled.clear();
-    for (cdn_rejection_t& r : iso->reports) cdn_value_free(&r.reason);
-    iso->reports.clear();
   }
   // As Node does for its workers: unregister right before Dispose, with no
   // lock held.
@@ -389,6 +400,13 @@ extern "C" void cdn_cache_result_free(cdn_cache_result_t* r) {
   r->cache = nullptr;
   r->cache_len = 0;
 }
+
+namespace cordon {
+void DropValue(cdn_value_t* v) {
+  v->nrefs = 0;  // free(refs) below, but release none of them
+  cdn_value_free(v);
+}
+}  // namespace cordon
 
 extern "C" void cdn_value_free(cdn_value_t* v) {
   if (v == nullptr) return;

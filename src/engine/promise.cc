@@ -43,6 +43,10 @@ PromiseRecord::~PromiseRecord() {
   iso()->promises--;
 }
 
+void PromiseRecord::Drop() {
+  DropValue(&value);
+}
+
 ResolverRecord::~ResolverRecord() {
   resolver.Reset();
   iso()->resolvers--;
