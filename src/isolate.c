@@ -322,7 +322,17 @@ static void iso__pump(struct iso_wake_s* wake) {
   if (nr > 0) prm_report(iso, rejections, nr);
   iso->depth--;
   run_release_owner(iso);
-  if (iso__load(&iso->dispose_pending)) iso_dispose(iso);
+  if (iso__load(&iso->dispose_pending)) {
+    iso_dispose(iso);
+  } else if (iso->engine != NULL && iso->wake != NULL &&
+             cdn_engine_has_work(iso->engine)) {
+    /* Host code run by the delivery settled more (an import() served from
+     * a reaction): pump again, keeping the loop alive for settlements. */
+    if (cdn_engine_has_settled(iso->engine) ||
+        cdn_engine_has_rejections(iso->engine))
+      iso_keep_alive(iso);
+    uv_async_send(&iso->wake->async);
+  }
   iso_unref(iso);
 }
 
