@@ -26,7 +26,7 @@
       "include_dirs": ["src"],
       "defines": ["_GNU_SOURCE"],
       "cflags_c": ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-      "cflags_cc": ["-std=c++17", "-Wall", "-Wno-unused-parameter"],
+      "cflags_cc": ["-Wall", "-Wno-unused-parameter"],
       "cflags_cc!": ["-fno-exceptions"],
       "conditions": [
         ["cordon_asan==1", {

@@ -1,4 +1,5 @@
 // Type definitions for cordon.
+/// <reference types="node" />
 
 import { EventEmitter } from 'node:events';
 
@@ -77,7 +78,7 @@ export type ImportModuleDynamically = (
 export interface CreateContextOptions {
   /** The isolate to create the context in. Default: the default isolate. */
   isolate?: Isolate;
-    /**
+  /**
    * Default bound (ms) for runs in this context that give no timeout, and
    * for calls of sandbox functions that come out of it. Default: none.
    */
@@ -131,7 +132,7 @@ export class Isolate extends EventEmitter {
   constructor(options?: IsolateOptions);
   readonly memoryLimitMB: number;
   readonly isDisposed: boolean;
-  createContext(contextObject?: object, options?: object): Context;
+  createContext(contextObject?: object, options?: Omit<CreateContextOptions, 'isolate'>): Context;
   compileScript(code: string, options?: Omit<ScriptOptions, 'isolate'>): Script;
   getHeapStatistics(): HeapStatistics;
   /** Wall-clock nanoseconds spent running (sync, async, tasks). */
@@ -154,7 +155,7 @@ export class Isolate extends EventEmitter {
 /** A handle to a context inside an isolate (not the global object itself). */
 export class Context {
   private constructor();
-    readonly isolate: Isolate;
+  readonly isolate: Isolate;
   readonly isDisposed: boolean;
   /** The context's default timeout, if any. */
   readonly timeout: number | undefined;
@@ -186,7 +187,7 @@ export class Module {
 
 /** Code compiled once, runnable in any context of its isolate. */
 export class Script {
-    constructor(code: string, options?: ScriptOptions | string);
+  constructor(code: string, options?: ScriptOptions | string);
   readonly isolate: Isolate;
   readonly cachedDataProduced?: boolean;
   readonly cachedDataRejected?: boolean;

@@ -1070,6 +1070,7 @@ module.exports = {
   Isolate,
   Script,
   Module,
+  Context, // for instanceof and types; made only by createContext()
   createContext,
   isContext,
   runInContext,

@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <node_version.h>
+
 #include "cordon.h"
 
 void cdn_abort(const char* file, int line, const char* expr) {
@@ -237,7 +239,31 @@ static napi_value cdn__js_shutdown(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* cordon calls V8's C++ API besides Node-API, so a binary serves only the
+ * Node line it was built against; Node-API would load it into any. Refuse a
+ * binary of another line (a stale build/, a copied node_modules) before
+ * any V8 call, with a coded error instead of a crash. Module init runs in
+ * require(), under the caller's try/catch, so throwing here is fine. */
+static int cdn__check_node(napi_env env) {
+  const napi_node_version* version = NULL;
+  char msg[160];
+  napi_value code, text, error;
+  if (napi_get_node_version(env, &version) != napi_ok) return -1;
+  if (version->major == NODE_MAJOR_VERSION) return 0;
+  snprintf(msg, sizeof(msg),
+           "cordon's binary was built for Node %d and cannot run on Node %u: "
+           "run `npm rebuild cordon`",
+           NODE_MAJOR_VERSION, version->major);
+  if (napi_create_string_utf8(env, "ERR_CORDON_WRONG_NODE", NAPI_AUTO_LENGTH,
+                              &code) == napi_ok &&
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text) == napi_ok &&
+      napi_create_error(env, code, text, &error) == napi_ok)
+    napi_throw(env, error);
+  return -1;
+}
+
 static napi_value cdn__init(napi_env env, napi_value exports) {
+  if (cdn__check_node(env) != 0) return NULL;
   cdn_env_t* cenv = calloc(1, sizeof(*cenv));
   napi_property_descriptor props[] = {
       {"setup", NULL, cdn__js_setup, NULL, NULL, NULL, napi_default, NULL},

@@ -182,7 +182,13 @@ int run_serve(cdn_env_t* cenv) {
 
 /* With mu held (released while serving): wait until `iso`'s runner lets
  * go, answering requests meanwhile. */
-static void run__wait_runner(cdn_env_t* cenv, iso_t* iso) {
+/* Waits, with r->mu held, for the runner to let go of `iso`, serving its
+ * requests meanwhile. `stopping` (run_stop): terminate the job again every
+ * 10 ms until it is out, as one TerminateExecution is not enough: a step
+ * of the job under way when it came (a checkpoint, a host callback's
+ * answer) can consume it and the job's next script start clean (seen on
+ * Node 24: a worker's exit hung on `for (;;) {}`). */
+static void run__wait_runner(cdn_env_t* cenv, iso_t* iso, int stopping) {
   run_t* r = &cenv->run;
   while (iso->owner == ISO_RUNNER) {
     if (r->requests != NULL) {
@@ -192,7 +198,12 @@ static void run__wait_runner(cdn_env_t* cenv, iso_t* iso) {
       continue;
     }
     iso->host_waiting++;
-    uv_cond_wait(&r->host_cv, &r->mu);
+    if (stopping) {
+      cdn_engine_terminate(iso->engine);
+      (void)uv_cond_timedwait(&r->host_cv, &r->mu, 10 * 1000 * 1000);
+    } else {
+      uv_cond_wait(&r->host_cv, &r->mu);
+    }
     iso->host_waiting--;
   }
 }
@@ -206,7 +217,7 @@ int run_acquire(iso_t* iso) {
      * isolate: waiting for that job would wait for ourselves. */
     err = CDN_KBUSY;
   } else {
-    run__wait_runner(iso->env, iso);
+    run__wait_runner(iso->env, iso, 0);
   }
   if (err == 0) run__set_owner(iso, ISO_HOST);
   uv_mutex_unlock(&r->mu);
@@ -292,7 +303,7 @@ int run_stop_isolate(iso_t* iso, iso_job_t** jobs) {
       uv_mutex_unlock(&r->mu);
       return CDN_KBUSY;
     }
-    run__wait_runner(iso->env, iso);
+    run__wait_runner(iso->env, iso, 0);
   }
   *jobs = iso->jobs;
   iso->jobs = iso->jobs_tail = NULL;
@@ -438,7 +449,7 @@ void run_stop(cdn_env_t* cenv) {
         stuck[nstuck++] = iso->runner;
       continue;
     }
-    run__wait_runner(cenv, iso);
+    run__wait_runner(cenv, iso, 1);
   }
   n = r->nthreads;
   r->nthreads = 0;

@@ -27,8 +27,8 @@ ContextRecord::~ContextRecord() {
     // Code of this context may still run later (a task, a stale reaction):
     // it must not find the freed record.
     v8::HandleScope scope(iso()->isolate);
-    context.Get(iso()->isolate)
-        ->SetAlignedPointerInEmbedderData(kContextRecordSlot, nullptr);
+    SetContextPointer(context.Get(iso()->isolate), kContextRecordSlot, nullptr,
+                      kTagContextRecord);
   }
   context.Reset();
   link->rec = nullptr;
@@ -66,7 +66,8 @@ void OnCallbackCollected(const v8::WeakCallbackInfo<CallbackRecord>& info) {
 // (whose hook waits for the host thread to run it) for an async one.
 void CallHost(const FunctionCallbackInfo<Value>& info) {
   Isolate* isolate = info.GetIsolate();
-  auto* rec = static_cast<CallbackRecord*>(info.Data().As<External>()->Value());
+  auto* rec =
+      static_cast<CallbackRecord*>(ExternalValue(info.Data(), kTagCallback));
   cdn_engine_isolate_t* iso = rec->iso();
   Local<Context> context = isolate->GetCurrentContext();
   if (rec->link->rec == nullptr) return;  // its context is gone
@@ -118,9 +119,9 @@ class SourceText {
   SourceText(Isolate* isolate, const cdn_source_t* src,
              Local<v8::PrimitiveArray> host_options)
       : code_(MakeString(isolate, src->code, src->code_len)),
-        origin_(isolate, MakeString(isolate, src->filename, src->filename_len),
-                src->line_offset, src->column_offset, false, -1, Local<Value>(),
-                false, false, false, host_options),
+        origin_(MakeOrigin(
+            isolate, MakeString(isolate, src->filename, src->filename_len),
+            src->line_offset, src->column_offset, false, host_options)),
         source_(code_, origin_, Cache(src)) {}
 
   ScriptCompiler::Source* source() {
@@ -210,10 +211,11 @@ v8::MaybeLocal<v8::Function> NewCallbackFunction(
     Local<Context> context, void* host_cb,
     const std::shared_ptr<ContextLink>& link, const std::string& name,
     int length) {
-  Isolate* isolate = context->GetIsolate();
+  Isolate* isolate = Isolate::GetCurrent();  // the context's
   auto* rec = new CallbackRecord(link->rec->iso(), host_cb, link);
   Local<v8::Function> fn;
-  if (!v8::Function::New(context, CallHost, External::New(isolate, rec), length,
+  if (!v8::Function::New(context, CallHost,
+                         NewExternal(isolate, rec, kTagCallback), length,
                          v8::ConstructorBehavior::kThrow)
            .ToLocal(&fn)) {
     delete rec;
@@ -251,7 +253,8 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
     return CDN_EINTERNAL;
   }
   auto* rec = new ContextRecord(iso);
-  context->SetAlignedPointerInEmbedderData(cordon::kContextRecordSlot, rec);
+  cordon::SetContextPointer(context, cordon::kContextRecordSlot, rec,
+                            cordon::kTagContextRecord);
   Context::Scope context_scope(context);
   TryCatch try_catch(isolate);
   if (in.kind == CDN_VAL_BYTES) {

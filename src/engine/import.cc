@@ -80,7 +80,7 @@ ImportHost* LookupHost(cdn_engine_isolate_t* iso, Local<v8::Data> options,
     return nullptr;
   *record = found.As<Object>();
   return static_cast<ImportHost*>(
-      record->As<Object>()->GetAlignedPointerFromInternalField(kHostField));
+      GetObjectPointer(*record, kHostField, kTagImportHost));
 }
 
 // A new engine record for the referrer of `record`, for the host to make a
@@ -89,28 +89,25 @@ void* NewReferrer(cdn_engine_isolate_t* iso, ImportHost* host,
                   Local<Object> record,
                   const std::shared_ptr<ContextLink>& link) {
   Isolate* isolate = iso->isolate;
-  Local<Value> referrer = record->GetInternalField(kReferrerField);
   switch (host->kind) {
     case CDN_REFERRER_FUNCTION: {
       auto* rec = new FunctionRecord(iso, link);
-      Local<v8::Function> fn = referrer.As<v8::Function>();
+      Local<v8::Function> fn = GetField<v8::Function>(record, kReferrerField);
       rec->fn.Reset(isolate, fn);
       String::Utf8Value name(isolate, fn->GetName());
       if (*name != nullptr) rec->name.assign(*name, name.length());
       return static_cast<Record*>(rec);
     }
     case CDN_REFERRER_SCRIPT: {
-      // Stored with SetInternalFieldForNodeCore; UnboundScript is no Value
-      // in this V8, so the handle is read back as the pointer it is.
-      Local<v8::UnboundScript> script;
-      static_assert(sizeof(script) == sizeof(referrer), "handle sizes");
-      memcpy(static_cast<void*>(&script), &referrer, sizeof(script));
+      Local<v8::UnboundScript> script =
+          GetField<v8::UnboundScript>(record, kReferrerField);
       auto* rec = new ScriptRecord(iso);
       rec->script.Reset(isolate, script);
       return static_cast<Record*>(rec);
     }
     case CDN_REFERRER_MODULE: {
-      ModuleRecord* m = FindModule(iso, referrer.As<v8::Module>());
+      ModuleRecord* m =
+          FindModule(iso, GetField<v8::Module>(record, kReferrerField));
       return m != nullptr ? static_cast<Record*>(m) : nullptr;
     }
     default:
@@ -118,23 +115,13 @@ void* NewReferrer(cdn_engine_isolate_t* iso, ImportHost* host,
   }
 }
 
-// Scripts and modules are not Values in this V8: Node's own extension
-// stores them in an internal field, a traced edge like any other.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-template <typename T>
-void SetReferrer(Local<Object> record, Local<T> referrer) {
-  record->SetInternalFieldForNodeCore(kReferrerField, referrer);
-}
-#pragma GCC diagnostic pop
-
 Local<Object> Attributes(Isolate* isolate, Local<Context> context,
                          Local<v8::FixedArray> list, int stride) {
   Local<Object> attrs = Object::New(isolate);
   if (list.IsEmpty()) return attrs;
   for (int i = 0; i + 1 < list->Length(); i += stride) {
-    Local<Value> k = list->Get(context, i).As<Value>();
-    Local<Value> v = list->Get(context, i + 1).As<Value>();
+    Local<Value> k = FixedGet(list, context, i).As<Value>();
+    Local<Value> v = FixedGet(list, context, i + 1).As<Value>();
     if (k->IsName() &&
         attrs->CreateDataProperty(context, k.As<v8::Name>(), v).IsNothing())
       break;
@@ -147,14 +134,14 @@ MaybeLocal<v8::Promise> ImportDynamically(Local<Context> context,
                                           Local<Value> resource_name,
                                           Local<String> specifier,
                                           Local<v8::FixedArray> assertions) {
-  Isolate* isolate = context->GetIsolate();
+  Isolate* isolate = Isolate::GetCurrent();  // the context's
   cdn_engine_isolate_t* iso = IsoOf(isolate);
   EscapableHandleScope scope(isolate);
   Local<v8::Promise::Resolver> resolver;
   if (!v8::Promise::Resolver::New(context).ToLocal(&resolver))
     return MaybeLocal<v8::Promise>();
   auto* crec = static_cast<ContextRecord*>(
-      context->GetAlignedPointerFromEmbedderData(kContextRecordSlot));
+      GetContextPointer(context, kContextRecordSlot, kTagContextRecord));
   if (crec == nullptr) {
     // The host disposed this context; its code still ran (a late task).
     if (resolver
@@ -200,7 +187,7 @@ MaybeLocal<v8::Module> ResolveStatic(Local<Context> context,
                                      Local<String> specifier,
                                      Local<v8::FixedArray> assertions,
                                      Local<v8::Module> referrer) {
-  Isolate* isolate = context->GetIsolate();
+  Isolate* isolate = Isolate::GetCurrent();  // the context's
   ModuleRecord* rec = FindModule(IsoOf(isolate), referrer);
   String::Utf8Value spec(isolate, specifier);
   if (rec != nullptr && *spec != nullptr) {
@@ -217,7 +204,7 @@ MaybeLocal<v8::Module> ResolveStatic(Local<Context> context,
 
 void InitImportMeta(Local<Context> context, Local<v8::Module> module,
                     Local<Object> meta) {
-  Isolate* isolate = context->GetIsolate();
+  Isolate* isolate = Isolate::GetCurrent();  // the context's
   ModuleRecord* rec = FindModule(IsoOf(isolate), module);
   if (rec == nullptr) return;
   Local<String> url;
@@ -323,12 +310,12 @@ void AttachImport(cdn_engine_isolate_t* iso, Local<v8::Symbol> symbol,
   Local<Object> record =
       iso->import_template.Get(isolate)->NewInstance(internal).ToLocalChecked();
   if (kind == CDN_REFERRER_FUNCTION)
-    record->SetInternalField(kReferrerField, fn);
+    SetField(record, kReferrerField, fn);
   else if (kind == CDN_REFERRER_SCRIPT)
-    SetReferrer(record, script);
+    SetField(record, kReferrerField, script);
   else
-    SetReferrer(record, module);
-  record->SetAlignedPointerInInternalField(kHostField, host);
+    SetField(record, kReferrerField, module);
+  SetObjectPointer(record, kHostField, host, kTagImportHost);
   host->record.Reset(isolate, record);
   host->record.SetWeak(host, OnRecordCollected,
                        v8::WeakCallbackType::kParameter);
@@ -379,9 +366,8 @@ extern "C" int cdn_engine_module_new(cdn_engine_context_t* ctx,
       String::NewFromTwoByte(isolate, src->filename, v8::NewStringType::kNormal,
                              static_cast<int>(src->filename_len))
           .ToLocalChecked();
-  v8::ScriptOrigin origin(isolate, name, src->line_offset, src->column_offset,
-                          false, -1, Local<Value>(), false, false, true,
-                          options);
+  v8::ScriptOrigin origin = cordon::MakeOrigin(
+      isolate, name, src->line_offset, src->column_offset, true, options);
   v8::ScriptCompiler::Source source(code, origin);
   Local<v8::Module> module;
   if (!v8::ScriptCompiler::CompileModule(isolate, &source).ToLocal(&module)) {
@@ -399,7 +385,7 @@ extern "C" int cdn_engine_module_new(cdn_engine_context_t* ctx,
   rec->resolved.assign(requests->Length(), nullptr);
   for (int i = 0; i < requests->Length(); i++) {
     Local<v8::ModuleRequest> r =
-        requests->Get(context, i).As<v8::ModuleRequest>();
+        cordon::FixedGet(requests, context, i).As<v8::ModuleRequest>();
     String::Utf8Value spec(isolate, r->GetSpecifier());
     rec->specifiers.emplace_back(*spec != nullptr ? *spec : "");
   }
@@ -424,10 +410,10 @@ extern "C" int cdn_engine_module_requests(cdn_engine_module_t* m,
   Local<v8::Array> list = v8::Array::New(isolate, requests->Length());
   for (int i = 0; i < requests->Length(); i++) {
     Local<v8::ModuleRequest> r =
-        requests->Get(context, i).As<v8::ModuleRequest>();
+        cordon::FixedGet(requests, context, i).As<v8::ModuleRequest>();
     Local<Value> pair[] = {
         r->GetSpecifier(),
-        cordon::Attributes(isolate, context, r->GetImportAssertions(), 3)};
+        cordon::Attributes(isolate, context, cordon::ImportAttributes(r), 3)};
     if (list->Set(context, i, v8::Array::New(isolate, pair, 2)).IsNothing())
       return CDN_ETERMINATED;
   }

@@ -18,6 +18,7 @@
 #include <node.h>
 #include <v8.h>
 
+#include "compat.h"
 #include "engine.h"
 
 namespace cordon {
@@ -69,13 +70,14 @@ class TaskQueue final : public v8::TaskRunner {
  public:
   explicit TaskQueue(const cdn_host_hooks_t& hooks) : hooks_(hooks) {}
 
-  // v8::TaskRunner. Any thread.
-  void PostTask(std::unique_ptr<v8::Task> task) override;
-  void PostNonNestableTask(std::unique_ptr<v8::Task> task) override;
-  void PostDelayedTask(std::unique_ptr<v8::Task> task, double delay) override;
-  void PostNonNestableDelayedTask(std::unique_ptr<v8::Task> task,
-                                  double delay) override;
-  void PostIdleTask(std::unique_ptr<v8::IdleTask> task) override;
+  // v8::TaskRunner (the overrides each V8 line wants, forwarding to Post
+  // and PostDelayed; see compat.h). Any thread. Non-nestable tasks need no
+  // care: tasks only ever run at the top level of a lock, never nested in
+  // JS. Idle tasks are dropped: IdleTasksEnabled() is false, so V8 does not
+  // post them.
+  CDN_TASK_RUNNER_OVERRIDES
+  void Post(std::unique_ptr<v8::Task> task);
+  void PostDelayed(std::unique_ptr<v8::Task> task, double delay);
   bool IdleTasksEnabled() override {
     return false;
   }

@@ -36,7 +36,7 @@ void TaskQueue::Wake() {
   if (!closed_ && hooks_.wake != nullptr) hooks_.wake(hooks_.data);
 }
 
-void TaskQueue::PostTask(std::unique_ptr<v8::Task> task) {
+void TaskQueue::Post(std::unique_ptr<v8::Task> task) {
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) return;  // dropped: the isolate is going away
   ready_.push_back(std::move(task));
@@ -44,12 +44,7 @@ void TaskQueue::PostTask(std::unique_ptr<v8::Task> task) {
   Wake();
 }
 
-void TaskQueue::PostNonNestableTask(std::unique_ptr<v8::Task> task) {
-  // Tasks only ever run at the top level of a lock, never nested in JS.
-  PostTask(std::move(task));
-}
-
-void TaskQueue::PostDelayedTask(std::unique_ptr<v8::Task> task, double delay) {
+void TaskQueue::PostDelayed(std::unique_ptr<v8::Task> task, double delay) {
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) return;
   uint64_t due = NowNs() + static_cast<uint64_t>(std::max(delay, 0.0) * 1e9);
@@ -57,15 +52,6 @@ void TaskQueue::PostDelayedTask(std::unique_ptr<v8::Task> task, double delay) {
   if (due < next_due_ns_.load(std::memory_order_relaxed))
     next_due_ns_.store(due, std::memory_order_release);
   Wake();
-}
-
-void TaskQueue::PostNonNestableDelayedTask(std::unique_ptr<v8::Task> task,
-                                           double delay) {
-  PostDelayedTask(std::move(task), delay);
-}
-
-void TaskQueue::PostIdleTask(std::unique_ptr<v8::IdleTask> task) {
-  // IdleTasksEnabled() is false, so V8 does not post these. Drop it.
 }
 
 void TaskQueue::PostRelease(Record* record) {
@@ -298,10 +284,7 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
     iso->import_template.Reset();
     iso->unhandled.clear();
   }
-  // As Node does for its workers: unregister right before Dispose, with no
-  // lock held.
-  iso->platform->UnregisterIsolate(isolate);
-  isolate->Dispose();
+  cordon::DisposeIsolate(iso->platform, isolate);  // no lock held
   delete iso;
 }
 

@@ -87,12 +87,14 @@ void Settle(PromiseRecord* rec, cdn_promise_state state, Local<Value> v) {
 }
 
 void OnFulfilled(const FunctionCallbackInfo<Value>& info) {
-  auto* cell = static_cast<PromiseCell*>(info.Data().As<External>()->Value());
+  auto* cell =
+      static_cast<PromiseCell*>(ExternalValue(info.Data(), kTagPromiseCell));
   Settle(cell->rec, CDN_PROMISE_FULFILLED, info[0]);
 }
 
 void OnRejected(const FunctionCallbackInfo<Value>& info) {
-  auto* cell = static_cast<PromiseCell*>(info.Data().As<External>()->Value());
+  auto* cell =
+      static_cast<PromiseCell*>(ExternalValue(info.Data(), kTagPromiseCell));
   Settle(cell->rec, CDN_PROMISE_REJECTED, info[0]);
 }
 
@@ -132,7 +134,7 @@ PromiseRecord* WatchPromise(Isolate* isolate, Local<Context> context,
       break;
   }
   auto* cell = new PromiseCell{rec, rec->iso(), {}};
-  Local<External> data = External::New(isolate, cell);
+  Local<External> data = NewExternal(isolate, cell, kTagPromiseCell);
   Local<v8::Function> fulfilled, rejected;
   if (!v8::Function::New(context, OnFulfilled, data, 1).ToLocal(&fulfilled) ||
       !v8::Function::New(context, OnRejected, data, 1).ToLocal(&rejected) ||
@@ -173,7 +175,7 @@ v8::MaybeLocal<v8::Promise> AdoptHostPromise(
 
 void OnPromiseReject(v8::PromiseRejectMessage message) {
   Local<v8::Promise> promise = message.GetPromise();
-  Isolate* isolate = promise->GetIsolate();
+  Isolate* isolate = Isolate::GetCurrent();  // the promise's
   auto* iso = static_cast<cdn_engine_isolate_t*>(isolate->GetData(0));
   auto& list = iso->unhandled;
   switch (message.GetEvent()) {
@@ -206,7 +208,7 @@ void ReportRejections(cdn_engine_isolate_t* iso) {
     Local<Context> context;
     if (!promise->GetCreationContext().ToLocal(&context)) continue;
     auto* crec = static_cast<ContextRecord*>(
-        context->GetAlignedPointerFromEmbedderData(kContextRecordSlot));
+        GetContextPointer(context, kContextRecordSlot, kTagContextRecord));
     if (crec == nullptr || crec->host == nullptr) continue;
     Context::Scope context_scope(context);
     TryCatch try_catch(isolate);

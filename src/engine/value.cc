@@ -120,7 +120,7 @@ class Serializer final : public v8::ValueSerializer::Delegate {
     if (object->InternalFieldCount() == 1) {
       // A function placeholder made by a Shadower: sandbox code cannot make
       // API objects, so nothing else has an internal field.
-      uint32_t tag = object->GetInternalField(0).As<v8::Uint32>()->Value();
+      uint32_t tag = GetField<v8::Uint32>(object, 0)->Value();
       ser_.WriteUint32((tag & 1) ? kPromiseRef : kFunctionRef);
       ser_.WriteUint32(tag >> 1);
       return v8::Just(true);
@@ -355,9 +355,9 @@ class Shadower {
         obj->IsStringObject() || obj->IsBigIntObject() ||
         obj->IsSymbolObject() || obj->IsWeakMap() || obj->IsWeakSet())
       return false;
-    Local<Value> proto = obj->GetPrototype();
+    Local<Value> proto = PrototypeOf(obj);
     return proto->IsNull() ||
-           (proto->IsObject() && proto.As<Object>()->GetPrototype()->IsNull());
+           (proto->IsObject() && PrototypeOf(proto.As<Object>())->IsNull());
   }
 
   // The internal field holds index * 2 + (1 for a promise).
@@ -567,13 +567,13 @@ int ToHost(Isolate* isolate, Local<Context> context, Local<Value> value,
       out->kind = CDN_VAL_LATIN1;
       out->u.str8 = static_cast<uint8_t*>(malloc(n > 0 ? n : 1));
       if (out->u.str8 == nullptr) abort();
-      s->WriteOneByte(isolate, out->u.str8, 0, n, String::NO_NULL_TERMINATION);
+      WriteLatin1(isolate, s, out->u.str8, n);
     } else {
       out->kind = CDN_VAL_UTF16;
       out->u.str16 =
           static_cast<uint16_t*>(malloc((n > 0 ? n : 1) * sizeof(uint16_t)));
       if (out->u.str16 == nullptr) abort();
-      s->Write(isolate, out->u.str16, 0, n, String::NO_NULL_TERMINATION);
+      WriteUtf16(isolate, s, out->u.str16, n);
     }
     out->len = static_cast<size_t>(n);
   } else if ((value->IsFunction() || value->IsPromise()) && link &&
