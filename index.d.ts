@@ -9,13 +9,19 @@ export type Cloneable = unknown;
 export interface IsolateOptions {
   /** Limit of the sandbox heap in MB (8 to 1048576). Default: 128. */
   memoryLimitMB?: number;
+  /**
+   * Make the isolate even though the host runs with V8 flags that give
+   * sandbox code powers cordon cannot take away (--allow-natives-syntax,
+   * --expose-gc-as=NAME). Default: false (ERR_CORDON_UNSAFE_HOST_FLAGS).
+   */
+  allowUnsafeHostFlags?: boolean;
 }
 
 export interface HeapStatistics {
   totalHeapSize: number;
   usedHeapSize: number;
   heapSizeLimit: number;
-    externalMemory: number;
+  externalMemory: number;
   /** Bytes of ArrayBuffer backing stores, counted against memoryLimitMB. */
   arrayBufferBytes: number;
   /** Contexts alive in the isolate. */
@@ -224,6 +230,13 @@ export function apply(fn: SandboxFunction, thisArg: unknown, args?: unknown[], o
 
 /** apply() on a runner thread; resolves with what the function returned. */
 export function applyAsync(fn: SandboxFunction, thisArg: unknown, args?: unknown[], options?: Bounds): Promise<any>;
+
+/**
+ * Key the tags of code caches with a secret of at least 16 bytes, so that
+ * caches made in one process verify in every process that sets the same
+ * key. Without it the key is random per process. Call it before compiling.
+ */
+export function setCodeCacheKey(key: string | NodeJS.ArrayBufferView): void;
 
 /** Counts of native records alive in this Node environment. */
 export function liveRecords(): {

@@ -52,6 +52,12 @@ function invalidArgValue(name, reason, actual) {
   'ERR_INVALID_ARG_VALUE');
 }
 
+function outOfRange(name, range, actual) {
+  return withCode(new RangeError(
+    `The value of "${name}" is out of range. It must be ${range}. Received ${typeof actual === 'number' ? actual : describe(actual)}`),
+  'ERR_OUT_OF_RANGE');
+}
+
 function describe(value) {
   if (value === null) return 'null';
   switch (typeof value) {
@@ -82,5 +88,6 @@ module.exports = {
   withCode,
   invalidArgType,
   invalidArgValue,
+  outOfRange,
   describe,
 };

@@ -8,6 +8,7 @@ const { EventEmitter } = require('node:events');
 const binding = require('./binding');
 const errors = require('./errors');
 const marshal = require('./marshal');
+const { isNativeError } = require('node:util').types;
 const {
   validateString,
   validateObject,
@@ -40,6 +41,7 @@ const KTIMEOUT = -101;
 const KDEPTH = -102;
 const KCPUTIMEOUT = -103;
 const KBUSY = -104;
+const EUNSAFE = -7;
 const KSHUTDOWN = -105;
 
 const STANDARD_ERRORS = {
@@ -72,6 +74,7 @@ function makeError(kind, name, message, stack, value, code) {
         value: stack || `${name}: ${message}`, writable: true, configurable: true, enumerable: false,
       });
       if (code !== undefined) error.code = code;
+      if (value !== undefined) marshal.addErrorProps(error, value);
       return error;
     }
     case ETERMINATED:
@@ -83,6 +86,11 @@ function makeError(kind, name, message, stack, value, code) {
       return withCode(new Error(
         'A host callback of an async run called into the same isolate synchronously, which would wait for ' +
         'itself; use the async form (context.run, script.run, cordon.applyAsync) there'), 'ERR_ISOLATE_BUSY');
+    case EUNSAFE:
+      return withCode(new Error(
+        'The host runs with --allow-natives-syntax, which would let sandbox code call V8 runtime functions ' +
+        '(%AbortJS ends the process); pass { allowUnsafeHostFlags: true } to make the isolate anyway'),
+      'ERR_CORDON_UNSAFE_HOST_FLAGS');
     case KSHUTDOWN:
       return withCode(new Error('The process is exiting: async runs were stopped'), 'ERR_CORDON_SHUTDOWN');
     case ECLONE:
@@ -103,26 +111,62 @@ function makeError(kind, name, message, stack, value, code) {
   }
 }
 
+// The host side of a sandbox promise. Sandbox code decides when it
+// rejects and can hand it to any host function, so its rejection must not
+// become Node's process-level unhandled rejection (which ends the process)
+// when host code never looks at it. Node is told it is handled; `then`
+// (which await, catch, finally and Promise.all go through, since the
+// species is Promise) records that host code observed it; one unobserved
+// when it rejects is reported on its isolate's 'unhandledRejection' event.
+class SandboxPromise extends Promise {
+  #observed = false;
+
+  static get [Symbol.species]() {
+    return Promise;
+  }
+
+  static observed(promise) {
+    return promise.#observed;
+  }
+
+  then(onFulfilled, onRejected) {
+    if (#observed in this) this.#observed = true;
+    return super.then(onFulfilled, onRejected);
+  }
+}
+
+function rejectSandboxPromise(promise, reject, reason, context) {
+  reject(reason);
+  // Later than Node's own check (after the microtasks that follow).
+  setImmediate(() => {
+    if (SandboxPromise.observed(promise) || context === null) return;
+    const { isolate } = context;
+    if (isolate.listenerCount('unhandledRejection') > 0) isolate.emit('unhandledRejection', reason, context);
+  });
+}
+
 // The host promise for a sandbox promise; the native layer settles it from
 // the host loop (state 1 fulfilled, 2 rejected, 3 the isolate went away).
 function makeDeferred() {
   const context = activeContext;
   let resolve;
   let reject;
-  const promise = new Promise((res, rej) => {
+  const promise = new SandboxPromise((res, rej) => {
     resolve = res;
     reject = rej;
   });
+  Promise.prototype.then.call(promise, undefined, () => {}); // handled, for Node
   return {
     promise,
     settle(state, value, name, message, stack, code) {
       if (state === 1) {
         resolve(decodeIn(context, value));
       } else if (state === 2) {
-        reject(name !== undefined ? makeError(EEXCEPTION, name, message, stack, undefined, code)
-          : decodeIn(context, value));
+        rejectSandboxPromise(promise, reject, name !== undefined
+          ? makeError(EEXCEPTION, name, message, stack, value, code)
+          : decodeIn(context, value), context);
       } else {
-        reject(new DisposedError());
+        rejectSandboxPromise(promise, reject, new DisposedError(), context);
       }
     },
   };
@@ -137,14 +181,21 @@ function adopt(promise, handle) {
     if (context === null || context.isDisposed) return;
     const timeout = contextTimeout(context) || SETTLE_TIMEOUT;
     let encoded;
-    try {
-      encoded = encodeIn(context, value);
-    } catch (error) {
-      rejected = true;
-      encoded = encodeIn(context, new TypeError(`The settled value cannot be copied into the sandbox: ${error.message}`));
+    let description;
+    if (rejected && isNativeError(value)) {
+      // As a host callback's errors cross: name, message, code and data.
+      description = errorDescription(value);
+    } else {
+      try {
+        encoded = encodeIn(context, value);
+      } catch (error) {
+        rejected = true;
+        description = ['TypeError', `The settled value cannot be copied into the sandbox: ${error.message}`,
+          'ERR_CANNOT_CLONE', undefined];
+      }
     }
     try {
-      bounded(context, timeout, () => binding.settleSandbox(handle, rejected, encoded, timeout, undefined,
+      bounded(context, timeout, () => binding.settleSandbox(handle, rejected, encoded, timeout, description,
         jobDone(context, timeout)));
     } catch {
       // A timeout or a disposal while the sandbox reacted: nothing awaits it
@@ -162,7 +213,7 @@ function rejectionHook(context, value, name, message, stack, code) {
   const isolate = context.isolate;
   if (isolate.listenerCount('unhandledRejection') === 0) return;
   const reason = name !== undefined
-    ? makeError(EEXCEPTION, name, message, stack, undefined, code)
+    ? makeError(EEXCEPTION, name, message, stack, value, code)
     : decodeIn(context, value);
   isolate.emit('unhandledRejection', reason, context);
 }
@@ -201,15 +252,18 @@ process.on('exit', () => binding.shutdown());
 
 // ---- values and functions across the boundary -------------------------------
 
+// What the sandbox sees of a host error: its name, message and code and
+// its other own data properties (never its stack: host paths stay out).
 function errorTuple(error) {
   try {
     if (error !== null && (typeof error === 'object' || typeof error === 'function')) {
       const { code } = error;
-      return [1, String(error.name ?? 'Error'), String(error.message ?? ''), typeof code === 'string' ? code : undefined];
+      return [1, String(error.name ?? 'Error'), String(error.message ?? ''), typeof code === 'string' ? code : undefined,
+        marshal.errorProps(error)];
     }
-    return [1, 'Error', String(error), undefined];
+    return [1, 'Error', String(error), undefined, undefined];
   } catch {
-    return [1, 'Error', 'a host callback threw a value that could not be read', undefined];
+    return [1, 'Error', 'a host callback threw a value that could not be read', undefined, undefined];
   }
 }
 
@@ -384,6 +438,20 @@ let contextImport;
 let contextModules;
 const kConstruct = Symbol('cordon.construct');
 
+// Host V8 flags that install globals under a name cordon cannot know, so
+// cannot take out of sandbox contexts (the fixed names are, in the engine;
+// --allow-natives-syntax is caught there by asking V8).
+const UNSAFE_FLAG = /^--(?:expose[-_]gc[-_]as|expose[-_]cputracemark[-_]as)(?:=|$)/;
+
+function refuseUnsafeFlags() {
+  const args = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)];
+  const flag = args.find((arg) => UNSAFE_FLAG.test(arg));
+  if (flag === undefined) return;
+  throw withCode(new Error(
+    `The host runs with ${flag.split('=')[0]}, which installs a global cordon cannot remove from sandboxes; ` +
+    'pass { allowUnsafeHostFlags: true } to make the isolate anyway'), 'ERR_CORDON_UNSAFE_HOST_FLAGS');
+}
+
 class Isolate extends EventEmitter {
   #handle;
   #disposed = false;
@@ -397,7 +465,7 @@ class Isolate extends EventEmitter {
   }
 
   /**
-   * @param {{ memoryLimitMB?: number }} [options]
+   * @param {{ memoryLimitMB?: number, allowUnsafeHostFlags?: boolean }} [options]
    */
   constructor(options = {}) {
     super();
@@ -406,8 +474,11 @@ class Isolate extends EventEmitter {
     limit = limit === undefined
       ? DEFAULT_MEMORY_LIMIT_MB
       : validateMemoryLimit(limit, 'options.memoryLimitMB');
+    const unsafe = getOption(options, 'allowUnsafeHostFlags', 'options.allowUnsafeHostFlags');
+    if (unsafe !== undefined) validateBoolean(unsafe, 'options.allowUnsafeHostFlags');
+    if (unsafe !== true) refuseUnsafeFlags();
     this.#memoryLimitMB = limit;
-    this.#handle = binding.isolateNew(limit);
+    this.#handle = binding.isolateNew(limit, unsafe === true);
   }
 
   get memoryLimitMB() {
@@ -1050,8 +1121,7 @@ async function runImport(resolver, callback, specifier, referrer, attributes, co
 }
 
 function errorDescription(error) {
-  const [, name, message, code] = errorTuple(error);
-  return [name, message, code];
+  return errorTuple(error).slice(1);
 }
 
 // Called by the native layer for each import() in sandbox code.
@@ -1059,6 +1129,24 @@ function importHook(resolver, callback, specifier, referrer, attributes, context
   if (context === undefined) return; // its host Context is gone: nothing to answer with
   // Later, from the host loop: the callback is host code, and may be slow.
   Promise.resolve().then(() => runImport(resolver, callback, specifier, referrer, attributes, context));
+}
+
+/**
+ * Key the tags of code caches (cachedData) with a secret of at least 16
+ * bytes, so that caches made in one process verify in every process that
+ * sets the same key. Without it the key is random per process.
+ */
+function setCodeCacheKey(key) {
+  let bytes;
+  if (typeof key === 'string') {
+    bytes = Buffer.from(key, 'utf8');
+  } else if (ArrayBuffer.isView(key)) {
+    bytes = new Uint8Array(key.buffer, key.byteOffset, key.byteLength).slice();
+  } else {
+    throw errors.invalidArgType('key', 'of type string or an instance of Buffer, TypedArray, or DataView', key);
+  }
+  if (bytes.byteLength < 16) throw errors.invalidArgValue('key', 'must be at least 16 bytes long', key);
+  binding.setCodeCacheKey(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
 }
 
 /** Counts of native records alive in this environment (tests, leak checks). */
@@ -1078,6 +1166,7 @@ module.exports = {
   compileFunction,
   apply,
   applyAsync,
+  setCodeCacheKey,
   TimeoutError,
   MemoryLimitError,
   DisposedError,

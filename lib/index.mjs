@@ -17,6 +17,7 @@ export const {
   compileFunction,
   apply,
   applyAsync,
+  setCodeCacheKey,
   TimeoutError,
   MemoryLimitError,
   DisposedError,

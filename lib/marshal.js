@@ -159,4 +159,50 @@ function decode(result, proxy) {
   return des.readValue();
 }
 
-module.exports = { encode, decode };
+// Error properties that cross by themselves, or never (the stack).
+const ERROR_OWN = new Set(['name', 'message', 'stack', 'code', 'cause']);
+
+// An error's other own data properties (enumerable ones, and `cause`) as
+// V8 serialisation bytes, or undefined when there are none. Accessors are
+// not called; values that cannot be serialised are left out.
+function errorProps(error) {
+  const props = { __proto__: null };
+  let count = 0;
+  const take = (key) => {
+    const desc = Reflect.getOwnPropertyDescriptor(error, key);
+    if (desc === undefined || !('value' in desc)) return;
+    try {
+      v8.serialize(desc.value);
+    } catch {
+      return;
+    }
+    props[key] = desc.value;
+    count++;
+  };
+  for (const key of Object.keys(error)) {
+    if (!ERROR_OWN.has(key)) take(key);
+  }
+  take('cause');
+  return count > 0 ? v8.serialize(props) : undefined;
+}
+
+// The other own properties from the sandbox (errorProps' format, written
+// by the engine) onto a host error, as data properties; `cause` is not
+// enumerable, as Error's constructor makes it.
+function addErrorProps(error, bytes) {
+  let props;
+  try {
+    props = v8.deserialize(bytes);
+  } catch {
+    return;
+  }
+  if (props === null || typeof props !== 'object') return;
+  for (const key of Object.keys(props)) {
+    if (key === 'name' || key === 'message' || key === 'stack' || key === 'code') continue;
+    Object.defineProperty(error, key, {
+      value: props[key], writable: true, configurable: true, enumerable: key !== 'cause',
+    });
+  }
+}
+
+module.exports = { encode, decode, errorProps, addErrorProps };

@@ -2,11 +2,14 @@
 
 // First-tier validation (the native layer trusts what passes these).
 
-const { invalidArgType, invalidArgValue } = require('./errors');
+const { invalidArgType, invalidArgValue, outOfRange } = require('./errors');
 
 const MAX_TIMEOUT = 2 ** 32 - 1;
 const MAX_MEMORY_MB = 2 ** 20; // 1 TiB: beyond anything V8 accepts anyway
 const MIN_MEMORY_MB = 8;
+// V8's limit on a function's formal parameters; one more crashes V8's
+// CompileFunction (node:vm's too).
+const MAX_PARAMS = 65534;
 
 function validateString(value, name) {
   if (typeof value !== 'string') throw invalidArgType(name, 'of type string', value);
@@ -59,7 +62,9 @@ const RESERVED = new Set(('await break case catch class const continue debugger 
 
 function validateParams(params, name) {
   if (!Array.isArray(params)) throw invalidArgType(name, 'an array of strings', params);
+  if (params.length > MAX_PARAMS) throw outOfRange(`${name}.length`, `<= ${MAX_PARAMS}`, params.length);
   const copy = [...params];
+  if (copy.length > MAX_PARAMS) throw outOfRange(`${name}.length`, `<= ${MAX_PARAMS}`, copy.length);
   copy.forEach((param, i) => {
     if (typeof param !== 'string') throw invalidArgType(`${name}[${i}]`, 'of type string', param);
     if (!IDENTIFIER.test(param) || RESERVED.has(param)) {

@@ -126,17 +126,24 @@ static napi_value cdn__str(napi_env env, const char* s) {
 
 void cdn_error_argv(napi_env env, int kind, cdn_value_t* v, napi_value* argv) {
   cdn_value_t empty = {0};
+  napi_value e[5];
   if (v == NULL) v = &empty;
   argv[0] = NULL;
   napi_create_int32(env, kind, &argv[0]);
-  argv[1] = cdn__str(env, v->name);
-  argv[2] = cdn__str(env, v->message);
-  argv[3] = cdn__str(env, v->stack);
-  argv[5] = cdn__str(env, v->code);
-  if (v->kind != CDN_VAL_ERROR && val_to_napi(env, v, &argv[4]) == napi_ok) {
-    /* a thrown value that is not an Error */
+  if (v->kind == CDN_VAL_ERROR && val_error_to_napi(env, v, e) == napi_ok) {
+    argv[1] = e[1]; /* name */
+    argv[2] = e[2]; /* message */
+    argv[3] = e[3]; /* stack */
+    argv[4] = e[0]; /* other own properties */
+    argv[5] = e[4]; /* code */
   } else {
-    napi_get_undefined(env, &argv[4]);
+    argv[1] = cdn__str(env, v->name);
+    argv[2] = cdn__str(env, v->message);
+    argv[3] = cdn__str(env, v->stack);
+    argv[5] = cdn__str(env, v->code);
+    /* a thrown value that is not an Error, or the reason of a failure */
+    if (v->kind == CDN_VAL_ERROR || val_to_napi(env, v, &argv[4]) != napi_ok)
+      napi_get_undefined(env, &argv[4]);
   }
   cdn_value_free(v);
 }
@@ -298,6 +305,7 @@ static napi_value cdn__init(napi_env env, napi_value exports) {
   if (fn_init_exports(env, exports) == NULL) return NULL;
   if (prm_init_exports(env, exports) == NULL) return NULL;
   if (mod_init_exports(env, exports) == NULL) return NULL;
+  if (cache_init_exports(env, exports) == NULL) return NULL;
   return exports;
 }
 

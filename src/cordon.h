@@ -232,7 +232,8 @@ void cdn_error_argv(napi_env env, int kind, cdn_value_t* v, napi_value* argv);
 cdn_env_t* cdn_env_get(napi_env env);
 
 /* isolate.c */
-napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out);
+/* CDN_OK, CDN_EUNSAFE (refused: the host's V8 flags) or CDN_EINTERNAL. */
+int iso_new(cdn_env_t* cenv, const cdn_isolate_options_t* opts, iso_t** out);
 /* Nonzero while the isolate can take new work. Host thread. */
 #define iso_alive(iso)      \
   ((iso)->engine != NULL && \
@@ -372,9 +373,21 @@ void val_release(cdn_value_t* v);
 /* Make a value own the bytes it borrows (for a job that outlives the
  * call that made it). */
 napi_status val_own(cdn_value_t* v);
+/* A CDN_VAL_ERROR from lib/'s description: elements first.. of `desc` are
+ * name, message, code (strings or undefined) and a Buffer of the error's
+ * other own properties (serialised; copied) or undefined. */
+napi_status val_error_from_napi(napi_env env, napi_value desc, uint32_t first,
+                                cdn_value_t* out);
+/* A CDN_VAL_ERROR for lib/: argv[0..4] = its other own properties (a
+ * Buffer or undefined), name, message, stack, code. */
+napi_status val_error_to_napi(napi_env env, const cdn_value_t* v,
+                              napi_value* argv);
 
 /* cache.c */
-/* A hash of what a code cache is for. */
+/* Key the tags of code caches with `secret` (any thread; every
+ * environment of the process). */
+void cache_set_key(const void* secret, size_t len);
+/* A keyed hash of what a code cache is for. */
 uint64_t cache_hash(const cdn_source_t* src, const cdn_param_t* params,
                     size_t nparams);
 /* Check the header of src->cached_data: 1 and src points at V8's part;
@@ -383,6 +396,7 @@ int cache_accept(cdn_source_t* src, uint64_t hash);
 /* A Buffer of header and V8 cache, or undefined when data is NULL. */
 napi_status cache_to_napi(napi_env env, uint64_t hash, const uint8_t* data,
                           size_t len, napi_value* out);
+napi_value cache_init_exports(napi_env env, napi_value exports);
 
 /* promise.c */
 enum { PRM_FULFILLED = 1, PRM_REJECTED = 2, PRM_DISPOSED = 3 };

@@ -64,8 +64,9 @@ napi_status fn_value_to_napi(napi_env env, iso_t* iso, cdn_value_t* v,
       CDN_CHECK(prm_watch(env, iso, ref, &h));
     } else {
       cdn_engine_function_t* engine = ref;
-      CDN_CHECK(napi_create_string_utf8(env, cdn_engine_function_name(engine),
-                                        NAPI_AUTO_LENGTH, &s));
+      size_t len;
+      const char* name = cdn_engine_function_name(engine, &len);
+      CDN_CHECK(napi_create_string_utf8(env, name, len, &s));
       CDN_CHECK(napi_create_int32(env, cdn_engine_function_length(engine), &n));
       CDN_CHECK(fn__handle(env, iso, engine, &h));
     }
@@ -272,7 +273,7 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
   iso_t* iso;
   bool produce;
   int err, accepted;
-  uint64_t hash;
+  uint64_t hash = 0;
   napi_status st;
 
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -295,7 +296,9 @@ static napi_value fn__js_compile(napi_env env, napi_callback_info info) {
   if (st == napi_ok) st = val_from_napi(env, iso->env, argv[6], &extensions);
   if (st == napi_ok) {
     source.src.produce_cached_data = produce;
-    hash = cache_hash(&source.src, a.params, n);
+    /* Hashing the source costs: only when a cache is given or wanted. */
+    if (source.src.cached_data != NULL || produce)
+      hash = cache_hash(&source.src, a.params, n);
     accepted = cache_accept(&source.src, hash);
     a.src = &source.src;
     a.nparams = n;

@@ -377,34 +377,20 @@ static void iso__stopped(cdn_value_t* result) {
 }
 
 /* lib/'s answer from a host callback: a primitive, or [0, encoded] for a
- * result that is an object, or [1, name, message, code] for an exception. */
+ * result that is an object, or [1, name, message, code, props] for an
+ * exception. */
 static napi_status iso__answer(napi_env env, cdn_env_t* cenv, napi_value ret,
                                cdn_value_t* result) {
   napi_valuetype type;
-  napi_value tag, a, b, c;
+  napi_value tag, a;
   int32_t t;
-  size_t n;
   CDN_CHECK(napi_typeof(env, ret, &type));
   if (type != napi_object) return val_from_napi(env, cenv, ret, result);
   CDN_CHECK(napi_get_element(env, ret, 0, &tag));
   CDN_CHECK(napi_get_value_int32(env, tag, &t));
+  if (t != 0) return val_error_from_napi(env, ret, 1, result);
   CDN_CHECK(napi_get_element(env, ret, 1, &a));
-  if (t == 0) return val_from_napi(env, cenv, a, result);
-  CDN_CHECK(napi_get_element(env, ret, 2, &b));
-  result->kind = CDN_VAL_ERROR;
-  CDN_CHECK(napi_get_element(env, ret, 3, &c));
-  CDN_CHECK(napi_typeof(env, c, &type));
-  if (type == napi_string) {
-    CDN_CHECK(napi_get_value_string_utf8(env, c, NULL, 0, &n));
-    if ((result->code = malloc(n + 1)) == NULL) return napi_generic_failure;
-    CDN_CHECK(napi_get_value_string_utf8(env, c, result->code, n + 1, &n));
-  }
-  CDN_CHECK(napi_get_value_string_utf8(env, a, NULL, 0, &n));
-  if ((result->name = malloc(n + 1)) == NULL) return napi_generic_failure;
-  CDN_CHECK(napi_get_value_string_utf8(env, a, result->name, n + 1, &n));
-  CDN_CHECK(napi_get_value_string_utf8(env, b, NULL, 0, &n));
-  if ((result->message = malloc(n + 1)) == NULL) return napi_generic_failure;
-  return napi_get_value_string_utf8(env, b, result->message, n + 1, &n);
+  return val_from_napi(env, cenv, a, result);
 }
 
 /* Host thread: call a host function for the sandbox. The function is
@@ -567,15 +553,15 @@ static void iso__adopt(void* data, void* token,
   prm_adopt(iso, token, resolver);
 }
 
-napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
-  cdn_isolate_options_t opts;
+int iso_new(cdn_env_t* cenv, const cdn_isolate_options_t* opts, iso_t** out) {
   cdn_host_hooks_t hooks;
   iso_t* iso = calloc(1, sizeof(*iso));
   struct iso_wake_s* wake = calloc(1, sizeof(*wake));
+  int err;
   if (iso == NULL || wake == NULL) {
     free(iso);
     free(wake);
-    return napi_generic_failure;
+    return CDN_EINTERNAL;
   }
   iso->env = cenv;
   iso->refs = 1;
@@ -588,7 +574,7 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
   if (uv_async_init(cenv->loop, &wake->async, iso__async_cb) != 0) {
     free(iso);
     free(wake);
-    return napi_generic_failure;
+    return CDN_EINTERNAL;
   }
   uv_timer_init(cenv->loop, &wake->timer);
   cdn_handle_opened(cenv);
@@ -604,19 +590,19 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
         napi_async_init(cenv->env, NULL, name, &iso->async) != napi_ok)
       iso->async = NULL;
   }
-  opts.memory_limit_mb = memory_limit_mb;
   hooks.data = iso;
   hooks.wake = iso__wake;
   hooks.call = iso__call;
   hooks.release = iso__release;
   hooks.adopt = iso__adopt;
   hooks.import = iso__import;
-  if (cdn_engine_isolate_new(&opts, &hooks, &iso->engine) != CDN_OK) {
+  err = cdn_engine_isolate_new(opts, &hooks, &iso->engine);
+  if (err != CDN_OK) {
     if (iso->async != NULL) napi_async_destroy(cenv->env, iso->async);
     iso->engine = NULL;
     iso__wake_close(wake);
     free(iso);
-    return napi_generic_failure;
+    return err == CDN_EUNSAFE ? err : CDN_EINTERNAL;
   }
   cenv->refs++;
   cenv->n_isolates++;
@@ -624,7 +610,7 @@ napi_status iso_new(cdn_env_t* cenv, size_t memory_limit_mb, iso_t** out) {
   if (cenv->isolates != NULL) cenv->isolates->prev = iso;
   cenv->isolates = iso;
   *out = iso;
-  return napi_ok;
+  return CDN_OK;
 }
 
 static void iso__forget(iso_t* iso);
@@ -700,16 +686,23 @@ iso_t* iso_from_handle(napi_env env, napi_value v) {
   return p;
 }
 
-/* isolateNew(memoryLimitMB) -> handle */
+/* isolateNew(memoryLimitMB, allowUnsafeFlags) -> handle */
 static napi_value iso__js_new(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], ext;
+  size_t argc = 2;
+  napi_value argv[2], ext;
   double limit;
+  bool unsafe;
+  cdn_isolate_options_t opts;
   iso_t* iso;
+  int err;
   cdn_env_t* cenv = cdn_env_get(env);
   CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CDN_CALL(env, napi_get_value_double(env, argv[0], &limit));
-  CDN_CALL(env, iso_new(cenv, (size_t)limit, &iso));
+  CDN_CALL(env, napi_get_value_bool(env, argv[1], &unsafe));
+  opts.memory_limit_mb = (size_t)limit;
+  opts.allow_unsafe_flags = unsafe;
+  err = iso_new(cenv, &opts, &iso);
+  if (err != CDN_OK) return cdn_throw(env, cenv, err, NULL);
   if (napi_create_external(env, iso, iso__finalize, NULL, &ext) != napi_ok) {
     iso_unref(iso);
     CDN_CALL(env, napi_generic_failure);

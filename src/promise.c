@@ -67,12 +67,7 @@ static void prm__settle(napi_env env, iso_t* iso, iso_token_t* t, int state,
   if (st == napi_ok) st = napi_create_int32(env, state, &argv[0]);
   for (i = 1; i < 6; i++) napi_get_undefined(env, &argv[i]);
   if (st == napi_ok && v->kind == CDN_VAL_ERROR) {
-    const char* parts[4] = {v->name, v->message, v->stack, v->code};
-    for (i = 0; i < 4 && st == napi_ok; i++) {
-      if (parts[i] != NULL)
-        st = napi_create_string_utf8(env, parts[i], NAPI_AUTO_LENGTH,
-                                     &argv[2 + i]);
-    }
+    st = val_error_to_napi(env, v, &argv[1]);
   } else if (st == napi_ok) {
     st = fn_value_to_napi(env, iso, v, &argv[1]);
   }
@@ -204,26 +199,6 @@ static int prm__settle_body(void* arg, cdn_value_t* out) {
   return cdn_engine_resolver_settle(a->r->engine, a->rejected, a->value);
 }
 
-/* An error description from lib/: [name, message, code]. */
-static napi_status prm__error(napi_env env, napi_value desc, cdn_value_t* v) {
-  napi_value part;
-  napi_valuetype type;
-  char** slots[3] = {&v->name, &v->message, &v->code};
-  size_t n;
-  int i;
-  memset(v, 0, sizeof(*v));
-  v->kind = CDN_VAL_ERROR;
-  for (i = 0; i < 3; i++) {
-    CDN_CHECK(napi_get_element(env, desc, (uint32_t)i, &part));
-    CDN_CHECK(napi_typeof(env, part, &type));
-    if (type != napi_string) continue;
-    CDN_CHECK(napi_get_value_string_utf8(env, part, NULL, 0, &n));
-    if ((*slots[i] = malloc(n + 1)) == NULL) return napi_generic_failure;
-    CDN_CHECK(napi_get_value_string_utf8(env, part, *slots[i], n + 1, &n));
-  }
-  return napi_ok;
-}
-
 /* A settlement queued behind the async job that holds the isolate. */
 typedef struct {
   iso_job_t job;
@@ -277,7 +252,7 @@ static napi_value prm__js_settle(napi_env env, napi_callback_info info) {
     return cdn_throw(env, iso->env, CDN_KDISPOSED, NULL);
   }
   if (desc_type == napi_object)
-    st = prm__error(env, argv[4], &j->value);
+    st = val_error_from_napi(env, argv[4], 0, &j->value);
   else
     st = val_from_napi(env, iso->env, argv[2], &j->value);
   if (st != napi_ok) {
@@ -348,12 +323,7 @@ void prm_report(iso_t* iso, cdn_rejection_t* list, size_t n) {
       if (ctx->self != NULL)
         st = napi_get_reference_value(env, ctx->self, &argv[0]);
       if (st == napi_ok && v->kind == CDN_VAL_ERROR) {
-        const char* parts[4] = {v->name, v->message, v->stack, v->code};
-        for (k = 0; k < 4 && st == napi_ok; k++) {
-          if (parts[k] != NULL)
-            st = napi_create_string_utf8(env, parts[k], NAPI_AUTO_LENGTH,
-                                         &argv[2 + k]);
-        }
+        st = val_error_to_napi(env, v, &argv[1]);
       } else if (st == napi_ok) {
         st = fn_value_to_napi(env, iso, v, &argv[1]);
       }

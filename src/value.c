@@ -155,3 +155,66 @@ napi_status val_own(cdn_value_t* v) {
   v->borrowed = 0;
   return napi_ok;
 }
+
+/* A UTF-8 copy of a JS string into *out; non-strings leave it NULL. */
+static napi_status val__utf8(napi_env env, napi_value v, char** out) {
+  napi_valuetype type;
+  size_t n;
+  CDN_CHECK(napi_typeof(env, v, &type));
+  if (type != napi_string) return napi_ok;
+  CDN_CHECK(napi_get_value_string_utf8(env, v, NULL, 0, &n));
+  if ((*out = malloc(n + 1)) == NULL) return napi_generic_failure;
+  return napi_get_value_string_utf8(env, v, *out, n + 1, &n);
+}
+
+napi_status val_error_from_napi(napi_env env, napi_value desc, uint32_t first,
+                                cdn_value_t* out) {
+  napi_value part;
+  char** slots[3];
+  bool is_buffer;
+  void* data;
+  size_t len;
+  int i;
+  memset(out, 0, sizeof(*out));
+  out->kind = CDN_VAL_ERROR;
+  slots[0] = &out->name;
+  slots[1] = &out->message;
+  slots[2] = &out->code;
+  for (i = 0; i < 3; i++) {
+    CDN_CHECK(napi_get_element(env, desc, first + (uint32_t)i, &part));
+    CDN_CHECK(val__utf8(env, part, slots[i]));
+  }
+  CDN_CHECK(napi_get_element(env, desc, first + 3, &part));
+  CDN_CHECK(napi_is_buffer(env, part, &is_buffer));
+  if (!is_buffer) return napi_ok;
+  CDN_CHECK(napi_get_buffer_info(env, part, &data, &len));
+  if (len == 0) return napi_ok;
+  if ((out->u.bytes = malloc(len)) == NULL) return napi_generic_failure;
+  memcpy(out->u.bytes, data, len);
+  out->len = len;
+  return napi_ok;
+}
+
+napi_status val_error_to_napi(napi_env env, const cdn_value_t* v,
+                              napi_value* argv) {
+  const char* parts[4];
+  int i;
+  parts[0] = v->name;
+  parts[1] = v->message;
+  parts[2] = v->stack;
+  parts[3] = v->code;
+  if (v->u.bytes != NULL && v->len > 0) {
+    CDN_CHECK(napi_create_buffer_copy(env, v->len, v->u.bytes, NULL, &argv[0]));
+  } else {
+    CDN_CHECK(napi_get_undefined(env, &argv[0]));
+  }
+  for (i = 0; i < 4; i++) {
+    if (parts[i] != NULL) {
+      CDN_CHECK(napi_create_string_utf8(env, parts[i], NAPI_AUTO_LENGTH,
+                                        &argv[1 + i]));
+    } else {
+      CDN_CHECK(napi_get_undefined(env, &argv[1 + i]));
+    }
+  }
+  return napi_ok;
+}

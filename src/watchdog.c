@@ -34,10 +34,21 @@ static void wd__run(void* arg) {
     uint64_t next = UINT64_MAX;
     wd_entry_t* e;
     for (e = wd->head; e != NULL; e = e->next) {
-      if (e->fired) continue;
+      if (e->fired) {
+        /* Until the run unwinds and disarms it (under mu: no terminate
+         * after wd_disarm has returned). */
+        if (e->refire_at <= now) {
+          cdn_engine_terminate(e->iso);
+          e->refire_at = now + WD_REFIRE_NS;
+        }
+        if (e->refire_at < next) next = e->refire_at;
+        continue;
+      }
       if (e->deadline <= now) {
         e->fired = WD_FIRED_WALL;
         cdn_engine_terminate(e->iso);
+        e->refire_at = now + WD_REFIRE_NS;
+        if (e->refire_at < next) next = e->refire_at;
         continue;
       }
       if (e->deadline < next) next = e->deadline;
@@ -47,6 +58,8 @@ static void wd__run(void* arg) {
         if (used >= e->cpu_budget) {
           e->fired = WD_FIRED_CPU;
           cdn_engine_terminate(e->iso);
+          e->refire_at = now + WD_REFIRE_NS;
+          if (e->refire_at < next) next = e->refire_at;
           continue;
         }
         if (wait < WD_CPU_POLL_NS) wait = WD_CPU_POLL_NS;

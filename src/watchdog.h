@@ -28,11 +28,16 @@ typedef struct wd_entry_s wd_entry_t;
 /* How an entry fired (wd_disarm's result). */
 enum { WD_FIRED_WALL = 1, WD_FIRED_CPU = 2 };
 #define WD_CPU_POLL_NS 1000000
+/* A fired entry still armed is terminated again this often: V8 catches a
+ * termination inside some builtins (from Node 22, the Error stack accessor
+ * does) and sandbox code then runs on with its deadline spent. */
+#define WD_REFIRE_NS 10000000
 
 struct wd_entry_s {
   uint64_t deadline; /* uv_hrtime() nanoseconds; UINT64_MAX: none */
   cdn_engine_isolate_t* iso;
   int fired;
+  uint64_t refire_at; /* once fired: when to terminate again */
   /* CPU bound (cpu_budget 0: none). */
   uint64_t cpu_budget;
   clockid_t cpu_clock;

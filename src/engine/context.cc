@@ -32,6 +32,14 @@ ContextRecord::~ContextRecord() {
   }
   context.Reset();
   link->rec = nullptr;
+  // Its code may be kept by the sandbox, but no host call reaches it now:
+  // the import callbacks go, and with them any cycle through the host
+  // heap (a callback that keeps its referrer).
+  for (ImportHost* h : imports) {
+    h->ReleaseHost();
+    h->owner = nullptr;
+  }
+  imports.clear();
   iso()->contexts--;
 }
 
@@ -174,7 +182,7 @@ int RunBound(Isolate* isolate, Local<Context> context, TryCatch* try_catch,
              cdn_value_t* out) {
   Local<Value> result;
   if (!script->Run(context).ToLocal(&result))
-    return ExceptionToHost(isolate, context, try_catch, false, link, out);
+    return ExceptionToHost(isolate, context, try_catch, false, out);
   isolate->PerformMicrotaskCheckpoint();
   if (try_catch->HasTerminated() || isolate->IsExecutionTerminating())
     return CDN_ETERMINATED;
@@ -238,6 +246,38 @@ using cordon::FunctionRecord;
 using cordon::ScriptRecord;
 using cordon::SourceText;
 
+// Globals V8's extensions install in every new context when the host runs
+// with their flags (--expose-gc, --expose-externalize-string,
+// --expose-statistics, --expose-trigger-failure, which aborts the process):
+// the host asked for them, the sandbox did not, so each context loses them
+// (undefined and read-only where they cannot be deleted).
+static void RemoveExtensionGlobals(Isolate* isolate, Local<Context> context) {
+  static const char* const kNames[] = {"gc",
+                                       "externalizeString",
+                                       "createExternalizableString",
+                                       "isOneByteString",
+                                       "getV8Statistics",
+                                       "triggerCheckFalse",
+                                       "triggerAssertFalse",
+                                       "triggerSlowAssertFalse",
+                                       "getIgnitionDispatchCounters"};
+  Local<Object> global = context->Global();
+  for (const char* name : kNames) {
+    Local<String> key;
+    if (!String::NewFromUtf8(isolate, name).ToLocal(&key)) continue;
+    if (!global->HasOwnProperty(context, key).FromMaybe(false)) continue;
+    // Declared by a script (`native function gc()`), so not deletable; a
+    // non-configurable writable property may still become read-only (its
+    // enumerability cannot change).
+    if (!global->Delete(context, key).FromMaybe(false))
+      (void)global
+          ->DefineOwnProperty(
+              context, key, v8::Undefined(isolate),
+              static_cast<v8::PropertyAttribute>(v8::ReadOnly | v8::DontDelete))
+          .FromMaybe(false);
+  }
+}
+
 extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
                                       const cdn_value_t* globals,
                                       cdn_engine_context_t** out,
@@ -257,6 +297,7 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
                             cordon::kTagContextRecord);
   Context::Scope context_scope(context);
   TryCatch try_catch(isolate);
+  RemoveExtensionGlobals(isolate, context);
   if (in.kind == CDN_VAL_BYTES) {
     Local<Object> global = context->Global();
     Local<Value> v;
@@ -271,8 +312,7 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
            global->Set(context, key, val).FromMaybe(false);
     }
     if (!ok) {
-      int e = cordon::ExceptionToHost(isolate, context, &try_catch, false,
-                                      rec->link, err);
+      int e = cordon::ExceptionToHost(isolate, context, &try_catch, false, err);
       delete rec;
       return e == CDN_EEXCEPTION ? CDN_ECLONE : e;
     }
@@ -302,11 +342,10 @@ extern "C" int cdn_engine_run(cdn_engine_context_t* ctx,
   if (!ScriptCompiler::Compile(context, text.source()).ToLocal(&script)) {
     cordon::ReleaseImportTokens(iso, src);
     return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true,
-                                     rec->link, out));
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true, out));
   }
   cordon::AttachImport(iso, symbol, src, CDN_REFERRER_SCRIPT, Local<Value>(),
-                       script->GetUnboundScript(), Local<v8::Module>());
+                       script->GetUnboundScript(), Local<v8::Module>(), rec);
   return cordon::Status(iso, cordon::RunBound(isolate, context, &try_catch,
                                               script, rec->link, out));
 }
@@ -331,11 +370,10 @@ extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
            .ToLocal(&script)) {
     cordon::ReleaseImportTokens(iso, src);
     return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true,
-                                     nullptr, err));
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true, err));
   }
   cordon::AttachImport(iso, symbol, src, CDN_REFERRER_SCRIPT, Local<Value>(),
-                       script, Local<v8::Module>());
+                       script, Local<v8::Module>(), nullptr);
   text.Report(cache);
   if (src->produce_cached_data) {
     cordon::TakeCache(ScriptCompiler::CreateCodeCache(script), &cache->cache,
@@ -400,9 +438,8 @@ extern "C" int cdn_engine_compile_function(
     Local<Value> v;
     if (!cordon::FromHost(isolate, context, &in, rec->link, &v)) {
       cordon::ReleaseImportTokens(iso, src);
-      return cordon::Status(
-          iso, cordon::ExceptionToHost(isolate, context, &try_catch, false,
-                                       rec->link, out));
+      return cordon::Status(iso, cordon::ExceptionToHost(
+                                     isolate, context, &try_catch, false, out));
     }
     Local<v8::Array> list = v.As<v8::Array>();
     for (uint32_t i = 0; i < list->Length(); i++) {
@@ -421,11 +458,10 @@ extern "C" int cdn_engine_compile_function(
            .ToLocal(&fn)) {
     cordon::ReleaseImportTokens(iso, src);
     return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true,
-                                     rec->link, out));
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true, out));
   }
   cordon::AttachImport(iso, symbol, src, CDN_REFERRER_FUNCTION, fn,
-                       Local<v8::UnboundScript>(), Local<v8::Module>());
+                       Local<v8::UnboundScript>(), Local<v8::Module>(), rec);
   text.Report(cache);
   if (src->produce_cached_data) {
     cordon::TakeCache(ScriptCompiler::CreateCodeCacheForFunction(fn),
@@ -483,16 +519,14 @@ extern "C" int cdn_engine_call(cdn_engine_function_t* fnp,
   }
   if (!ok) {
     return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, link,
-                                     out));
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, out));
   }
   Local<Value> result;
   if (!rec->fn.Get(isolate)
            ->Call(context, recv, static_cast<int>(argc), argv)
            .ToLocal(&result)) {
     return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, link,
-                                     out));
+        iso, cordon::ExceptionToHost(isolate, context, &try_catch, false, out));
   }
   isolate->PerformMicrotaskCheckpoint();
   if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())
@@ -505,8 +539,11 @@ extern "C" void cdn_engine_function_release(cdn_engine_function_t* fn) {
   cdn_engine_ref_release(fn);
 }
 
-extern "C" const char* cdn_engine_function_name(cdn_engine_function_t* fn) {
-  return reinterpret_cast<FunctionRecord*>(fn)->name.c_str();
+extern "C" const char* cdn_engine_function_name(cdn_engine_function_t* fn,
+                                                size_t* len) {
+  const std::string& name = reinterpret_cast<FunctionRecord*>(fn)->name;
+  *len = name.size();
+  return name.data();
 }
 
 extern "C" int cdn_engine_function_length(cdn_engine_function_t* fn) {

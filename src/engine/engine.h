@@ -31,7 +31,9 @@ typedef enum {
   CDN_ECLONE = -3,      /* a value could not be copied across; see value */
   CDN_ENOMEM = -4,      /* the sandbox ran out of its memory limit */
   CDN_EINTERNAL = -5,   /* the engine could not complete the call */
-  CDN_EDISPOSED = -6    /* the context of a function is disposed */
+  CDN_EDISPOSED = -6,   /* the context of a function is disposed */
+  CDN_EUNSAFE = -7      /* the host's V8 flags would give sandbox code
+                           powers (natives syntax); isolate not made */
 } cdn_status;
 
 typedef struct cdn_engine_isolate_s cdn_engine_isolate_t;
@@ -74,7 +76,9 @@ typedef enum {
   CDN_VAL_LATIN1, /* str8, len */
   CDN_VAL_UTF16,  /* str16, len (in code units) */
   CDN_VAL_BYTES,  /* bytes, len: a serialised value */
-  CDN_VAL_ERROR,  /* an Error: name, message, stack (UTF-8) */
+  CDN_VAL_ERROR,  /* an Error: name, message, stack, code (UTF-8), and in
+                     bytes, len its other own data properties: a
+                     serialised object, or NULL */
   CDN_VAL_REF     /* out of the sandbox: a function or promise, refs[0] */
 } cdn_value_kind;
 
@@ -164,11 +168,14 @@ typedef struct {
 
 typedef struct {
   size_t memory_limit_mb; /* 0: V8's default heap size */
+  int allow_unsafe_flags; /* make it even under --allow-natives-syntax */
 } cdn_isolate_options_t;
 
 /* Create an isolate registered with the embedder's platform, foreground
  * tasks routed to a queue of its own. Call on the host's JS thread (it asks
- * the current host context for the platform). */
+ * the current host context for the platform). CDN_EUNSAFE when V8's flags
+ * (process-wide, set by the host) let sandbox code call V8's runtime
+ * functions, unless opts->allow_unsafe_flags. */
 int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
                            const cdn_host_hooks_t* hooks,
                            cdn_engine_isolate_t** out);
@@ -373,8 +380,9 @@ int cdn_engine_resolver_settle(cdn_engine_resolver_t* r, int rejected,
                                const cdn_value_t* value);
 /* Thread-safe, like cdn_engine_context_release. */
 void cdn_engine_resolver_release(cdn_engine_resolver_t* r);
-/* Thread-safe: what the function was created with (UTF-8; immutable). */
-const char* cdn_engine_function_name(cdn_engine_function_t* fn);
+/* Thread-safe: what the function was created with (UTF-8, *len bytes, may
+ * hold NULs; immutable). */
+const char* cdn_engine_function_name(cdn_engine_function_t* fn, size_t* len);
 int cdn_engine_function_length(cdn_engine_function_t* fn);
 
 #ifdef __cplusplus

@@ -208,7 +208,11 @@ void InitImportMeta(Local<Context> context, Local<v8::Module> module,
   ModuleRecord* rec = FindModule(IsoOf(isolate), module);
   if (rec == nullptr) return;
   Local<String> url;
-  if (String::NewFromUtf8(isolate, rec->filename.c_str()).ToLocal(&url) &&
+  // With its length: a filename may hold NUL characters.
+  if (String::NewFromUtf8(isolate, rec->filename.data(),
+                          v8::NewStringType::kNormal,
+                          static_cast<int>(rec->filename.size()))
+          .ToLocal(&url) &&
       meta->CreateDataProperty(context,
                                String::NewFromUtf8Literal(isolate, "url"), url)
           .IsNothing())
@@ -238,9 +242,15 @@ ModuleRecord::~ModuleRecord() {
 
 ImportHost::~ImportHost() {
   record.Reset();
+  ReleaseHost();
+  if (owner != nullptr) owner->imports.erase(this);
+  iso()->import_hosts--;
+}
+
+void ImportHost::ReleaseHost() {
   if (callback != nullptr) iso()->hooks.release(iso()->hooks.data, callback);
   if (handle != nullptr) iso()->hooks.release(iso()->hooks.data, handle);
-  iso()->import_hosts--;
+  callback = handle = nullptr;
 }
 
 void InitImports(cdn_engine_isolate_t* iso, Local<Context> internal) {
@@ -296,7 +306,7 @@ void ReleaseImportTokens(cdn_engine_isolate_t* iso, const cdn_source_t* src) {
 void AttachImport(cdn_engine_isolate_t* iso, Local<v8::Symbol> symbol,
                   const cdn_source_t* src, cdn_referrer_kind kind,
                   Local<Value> fn, Local<v8::UnboundScript> script,
-                  Local<v8::Module> module) {
+                  Local<v8::Module> module, ContextRecord* owner) {
   Isolate* isolate = iso->isolate;
   if (src->import_callback == nullptr) {
     ReleaseImportTokens(iso, src);
@@ -307,6 +317,10 @@ void AttachImport(cdn_engine_isolate_t* iso, Local<v8::Symbol> symbol,
   Context::Scope context_scope(internal);
   auto* host =
       new ImportHost(iso, src->import_callback, src->import_handle, kind);
+  if (owner != nullptr) {
+    host->owner = owner;
+    owner->imports.insert(host);
+  }
   Local<Object> record =
       iso->import_template.Get(isolate)->NewInstance(internal).ToLocalChecked();
   if (kind == CDN_REFERRER_FUNCTION)
@@ -372,8 +386,7 @@ extern "C" int cdn_engine_module_new(cdn_engine_context_t* ctx,
   Local<v8::Module> module;
   if (!v8::ScriptCompiler::CompileModule(isolate, &source).ToLocal(&module)) {
     cordon::ReleaseImportTokens(iso, src);
-    return cordon::ExceptionToHost(isolate, context, &try_catch, true,
-                                   crec->link, err);
+    return cordon::ExceptionToHost(isolate, context, &try_catch, true, err);
   }
   auto* rec = new ModuleRecord(iso, crec->link);
   rec->module.Reset(isolate, module);
@@ -390,7 +403,7 @@ extern "C" int cdn_engine_module_new(cdn_engine_context_t* ctx,
     rec->specifiers.emplace_back(*spec != nullptr ? *spec : "");
   }
   cordon::AttachImport(iso, symbol, src, CDN_REFERRER_MODULE, Local<Value>(),
-                       Local<v8::UnboundScript>(), module);
+                       Local<v8::UnboundScript>(), module, crec);
   *out =
       reinterpret_cast<cdn_engine_module_t*>(static_cast<cordon::Record*>(rec));
   return CDN_OK;
@@ -443,12 +456,10 @@ extern "C" int cdn_engine_module_evaluate(cdn_engine_module_t* m,
   if (module->GetStatus() < v8::Module::kInstantiated &&
       !module->InstantiateModule(context, cordon::ResolveStatic)
            .FromMaybe(false)) {
-    return cordon::ExceptionToHost(isolate, context, &try_catch, false,
-                                   rec->link, out);
+    return cordon::ExceptionToHost(isolate, context, &try_catch, false, out);
   }
   if (!module->Evaluate(context).ToLocal(&result)) {
-    return cordon::ExceptionToHost(isolate, context, &try_catch, false,
-                                   rec->link, out);
+    return cordon::ExceptionToHost(isolate, context, &try_catch, false, out);
   }
   isolate->PerformMicrotaskCheckpoint();
   if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())

@@ -244,6 +244,7 @@ struct cdn_engine_isolate_s {
 namespace cordon {
 
 class ContextRecord;
+class ImportHost;
 
 // Points at a context record for as long as it lives. Records of functions
 // share it, so that a call after the context was disposed fails cleanly.
@@ -262,6 +263,9 @@ class ContextRecord final : public Record {
   v8::Global<v8::Context> context;
   std::shared_ptr<ContextLink> link;
   void* host = nullptr;  // cdn_engine_context_set_host
+  // Import hosts of code compiled for this context: disposing it releases
+  // their host callbacks (see import.cc).
+  std::unordered_set<ImportHost*> imports;
 };
 
 class ScriptRecord final : public Record {
@@ -390,11 +394,14 @@ class ImportHost final : public Record {
     iso->import_hosts++;
   }
   ~ImportHost() override;
+  // Give the host references back now (the context is disposed).
+  void ReleaseHost();
 
   void* callback;
   void* handle;
   cdn_referrer_kind kind;
-  v8::Global<v8::Object> record;  // weak
+  v8::Global<v8::Object> record;   // weak
+  ContextRecord* owner = nullptr;  // for code of one context; NULL: a Script
 };
 
 // The prologue of an engine entry point: a handle scope, `context`
@@ -441,11 +448,12 @@ v8::Local<v8::PrimitiveArray> NewImportOptions(v8::Isolate* isolate,
                                                const cdn_source_t* src,
                                                v8::Local<v8::Symbol>* symbol);
 // After compiling: file the record (referrer: a Function, or an
-// UnboundScript / Module). Takes src's tokens.
+// UnboundScript / Module; owner: the context the code belongs to, NULL for
+// a Script). Takes src's tokens.
 void AttachImport(cdn_engine_isolate_t* iso, v8::Local<v8::Symbol> symbol,
                   const cdn_source_t* src, cdn_referrer_kind kind,
                   v8::Local<v8::Value> fn, v8::Local<v8::UnboundScript> script,
-                  v8::Local<v8::Module> module);
+                  v8::Local<v8::Module> module, ContextRecord* owner);
 // Release src's tokens when nothing was compiled.
 void ReleaseImportTokens(cdn_engine_isolate_t* iso, const cdn_source_t* src);
 
@@ -486,14 +494,15 @@ bool FromHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
 void ReleaseRefs(cdn_engine_isolate_t* iso, cdn_value_t* v);
 // The error a sandbox exception becomes on the host side.
 int ExceptionToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
-                    v8::TryCatch* try_catch, bool compiling,
-                    const std::shared_ptr<ContextLink>& link, cdn_value_t* out);
+                    v8::TryCatch* try_catch, bool compiling, cdn_value_t* out);
 // A thrown (or rejection) value for the host: an Error's name, message,
-// stack and code, or the value itself. CDN_OK or CDN_ETERMINATED.
+// stack, code and other own data properties, or a copy of the value (data
+// only; one that cannot be copied becomes a described ERR_CANNOT_CLONE
+// error). CDN_OK or CDN_ETERMINATED.
 int ThrownToHost(v8::Isolate* isolate, v8::Local<v8::Context> context,
-                 v8::Local<v8::Value> exc,
-                 const std::shared_ptr<ContextLink>& link, cdn_value_t* out);
-// A sandbox error from a host description (CDN_VAL_ERROR).
+                 v8::Local<v8::Value> exc, cdn_value_t* out);
+// A sandbox error from a host description (CDN_VAL_ERROR: name, message,
+// code, and in u.bytes a serialised object of further own properties).
 v8::Local<v8::Value> NewError(v8::Isolate* isolate, const cdn_value_t* error);
 // Throw a host-described error (CDN_VAL_ERROR) in the sandbox.
 void ThrowInSandbox(v8::Isolate* isolate, const cdn_value_t* error);

@@ -202,6 +202,17 @@ void cdn_engine_isolate_s::FreeRecords() {
   while (records != nullptr) delete records;
 }
 
+// Whether V8 parses %Runtime calls (--allow-natives-syntax, from the
+// host's command line or v8.setFlagsFromString): sandbox code could then
+// call %AbortJS and the like. Flags are process-wide, so ask V8 itself.
+static bool NativesSyntaxEnabled(Isolate* isolate, Local<v8::Context> context) {
+  v8::Context::Scope context_scope(context);
+  v8::TryCatch try_catch(isolate);
+  v8::ScriptCompiler::Source source(
+      v8::String::NewFromUtf8Literal(isolate, "%IsSmi(1)"));
+  return !v8::ScriptCompiler::Compile(context, &source).IsEmpty();
+}
+
 extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
                                       const cdn_host_hooks_t* hooks,
                                       cdn_engine_isolate_t** out) {
@@ -223,6 +234,7 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
   iso->allocator = std::make_unique<cordon::LimitedAllocator>(iso, limit);
   iso->tasks = std::make_shared<cordon::TaskQueue>(*hooks);
   iso->delegate = std::make_unique<cordon::PlatformDelegate>(iso->tasks);
+  bool unsafe;
 
   Isolate::CreateParams params;
   params.array_buffer_allocator = iso->allocator.get();
@@ -254,6 +266,12 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
     v8::HeapStatistics hs;
     isolate->GetHeapStatistics(&hs);
     iso->heap_limit = hs.heap_size_limit();
+    unsafe =
+        !opts->allow_unsafe_flags && NativesSyntaxEnabled(isolate, internal);
+  }
+  if (unsafe) {
+    cdn_engine_isolate_dispose(iso);
+    return CDN_EUNSAFE;
   }
   *out = iso;
   return CDN_OK;

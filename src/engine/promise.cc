@@ -74,7 +74,7 @@ void Settle(PromiseRecord* rec, cdn_promise_state state, Local<Value> v) {
   if (state == CDN_PROMISE_FULFILLED) {
     err = ToHost(isolate, context, v, rec->link, &rec->value);
   } else {
-    err = ThrownToHost(isolate, context, v, rec->link, &rec->value);
+    err = ThrownToHost(isolate, context, v, &rec->value);
   }
   if (err == CDN_ECLONE) {
     rec->state = CDN_PROMISE_REJECTED;  // the reason is in value
@@ -115,6 +115,16 @@ void OnReactionsCollected(const v8::WeakCallbackInfo<PromiseCell>& info) {
   Queue(rec);
 }
 
+void ForgetRejection(cdn_engine_isolate_t* iso, Local<v8::Promise> promise) {
+  auto& list = iso->unhandled;
+  for (size_t i = 0; i < list.size(); i++) {
+    if (list[i].first == promise) {
+      list.erase(list.begin() + static_cast<long>(i));
+      return;
+    }
+  }
+}
+
 }  // namespace
 
 PromiseRecord* WatchPromise(Isolate* isolate, Local<Context> context,
@@ -127,7 +137,10 @@ PromiseRecord* WatchPromise(Isolate* isolate, Local<Context> context,
       Settle(rec, CDN_PROMISE_FULFILLED, promise->Result());
       return rec;
     case v8::Promise::kRejected:
+      // The host observes it now (and reports it if host code does not):
+      // MarkAsHandled tells V8 but not our list of unhandled ones.
       promise->MarkAsHandled();
+      ForgetRejection(rec->iso(), promise);
       Settle(rec, CDN_PROMISE_REJECTED, promise->Result());
       return rec;
     case v8::Promise::kPending:
@@ -184,12 +197,7 @@ void OnPromiseReject(v8::PromiseRejectMessage message) {
                         v8::Global<Value>(isolate, message.GetValue()));
       break;
     case v8::kPromiseHandlerAddedAfterReject:
-      for (size_t i = 0; i < list.size(); i++) {
-        if (list[i].first == promise) {
-          list.erase(list.begin() + static_cast<long>(i));
-          break;
-        }
-      }
+      ForgetRejection(iso, promise);
       break;
     default:
       break;
@@ -213,8 +221,8 @@ void ReportRejections(cdn_engine_isolate_t* iso) {
     Context::Scope context_scope(context);
     TryCatch try_catch(isolate);
     cdn_rejection_t r{crec->host, {}};
-    if (ThrownToHost(isolate, context, entry.second.Get(isolate), crec->link,
-                     &r.reason) != CDN_OK) {
+    if (ThrownToHost(isolate, context, entry.second.Get(isolate), &r.reason) !=
+        CDN_OK) {
       cdn_value_free(&r.reason);
       continue;
     }

@@ -116,6 +116,25 @@ class Serializer final : public v8::ValueSerializer::Delegate {
     isolate_->ThrowException(v8::Exception::TypeError(message));
   }
 
+  // Shared memory and compiled wasm modules would be shared, not copied:
+  // refused, with the reason the host sees (V8's defaults throw an
+  // uncoded Error, or write a transfer id nothing can read).
+  Maybe<uint32_t> GetSharedArrayBufferId(
+      Isolate* isolate, Local<v8::SharedArrayBuffer> shared) override {
+    (void)shared;
+    ThrowDataCloneError(String::NewFromUtf8Literal(
+        isolate, "a SharedArrayBuffer cannot be copied across the boundary"));
+    return v8::Nothing<uint32_t>();
+  }
+
+  Maybe<uint32_t> GetWasmModuleTransferId(
+      Isolate* isolate, Local<v8::WasmModuleObject> module) override {
+    (void)module;
+    ThrowDataCloneError(String::NewFromUtf8Literal(
+        isolate, "a WebAssembly.Module cannot be copied across the boundary"));
+    return v8::Nothing<uint32_t>();
+  }
+
   Maybe<bool> WriteHostObject(Isolate* isolate, Local<Object> object) override {
     if (object->InternalFieldCount() == 1) {
       // A function placeholder made by a Shadower: sandbox code cannot make
@@ -381,7 +400,9 @@ class Shadower {
       Local<Value> v, c;
       if (!array->Get(context_, i).ToLocal(&v) ||
           !Copy(v, depth + 1).ToLocal(&c) ||
-          copy->Set(context_, i, c).IsNothing())
+          // Not Set: an index setter on Array.prototype would be handed
+          // the copy's placeholders.
+          copy->CreateDataProperty(context_, i, c).IsNothing())
         return MaybeLocal<Value>();
     }
     return copy;
@@ -425,25 +446,38 @@ const char* TypeName(Local<Value> v) {
 
 }  // namespace
 
-// A function's own `length` when it is a plain data property (no getter or
-// proxy trap runs), clamped: it only describes the host proxy.
+// A function's own property `key` when it is a plain data property (no
+// getter or proxy trap runs); empty otherwise.
+static Local<Value> OwnDataProperty(Isolate* isolate, Local<Context> context,
+                                    Local<v8::Function> fn, const char* key) {
+  if (fn->IsProxy()) return Local<Value>();
+  TryCatch ignore(isolate);
+  Local<String> k, value_key = String::NewFromUtf8Literal(isolate, "value");
+  Local<Value> desc, value;
+  if (!String::NewFromUtf8(isolate, key).ToLocal(&k) ||
+      !fn->GetOwnPropertyDescriptor(context, k).ToLocal(&desc) ||
+      !desc->IsObject() ||
+      !desc.As<Object>()->HasOwnProperty(context, value_key).FromMaybe(false) ||
+      !desc.As<Object>()->Get(context, value_key).ToLocal(&value))
+    return Local<Value>();
+  return value;
+}
+
+// Its `length`, clamped: it only describes the host proxy.
 static int FunctionLength(Isolate* isolate, Local<Context> context,
                           Local<v8::Function> fn) {
-  if (fn->IsProxy()) return 0;
-  TryCatch ignore(isolate);
-  Local<Value> desc, length;
-  if (!fn->GetOwnPropertyDescriptor(
-             context, String::NewFromUtf8Literal(isolate, "length"))
-           .ToLocal(&desc) ||
-      !desc->IsObject() ||
-      !desc.As<Object>()
-           ->GetRealNamedProperty(context,
-                                  String::NewFromUtf8Literal(isolate, "value"))
-           .ToLocal(&length) ||
-      !length->IsNumber())
-    return 0;
+  Local<Value> length = OwnDataProperty(isolate, context, fn, "length");
+  if (length.IsEmpty() || !length->IsNumber()) return 0;
   double l = length.As<v8::Number>()->Value();
   return l >= 0 && l <= 65535 ? static_cast<int>(l) : 0;
+}
+
+// Its `name`: the own data property (computed method names live only
+// there), else what V8 compiled it with.
+static Local<Value> FunctionName(Isolate* isolate, Local<Context> context,
+                                 Local<v8::Function> fn) {
+  Local<Value> name = OwnDataProperty(isolate, context, fn, "name");
+  return !name.IsEmpty() && name->IsString() ? name : fn->GetName();
 }
 
 // Records for the functions and promises a value carries out, in its refs.
@@ -466,7 +500,7 @@ static void TakeRefs(Isolate* isolate, Local<Context> context,
     auto* rec = new FunctionRecord(iso, link);
     Local<v8::Function> fn = refs[i].As<v8::Function>();
     rec->fn.Reset(isolate, fn);
-    String::Utf8Value name(isolate, fn->GetName());
+    String::Utf8Value name(isolate, FunctionName(isolate, context, fn));
     if (*name != nullptr) rec->name.assign(*name, name.length());
     rec->length = FunctionLength(isolate, context, fn);
     out->refs[i] = static_cast<Record*>(rec);
@@ -487,7 +521,7 @@ static int SerializeObject(Isolate* isolate, Local<Context> context,
       !try_catch.HasTerminated()) {
     // Sandbox code (a getter, a proxy trap) threw while being copied: that
     // exception is the outcome, as if the run had thrown it.
-    int err = ExceptionToHost(isolate, context, &try_catch, false, link, out);
+    int err = ExceptionToHost(isolate, context, &try_catch, false, out);
     return err == CDN_EEXCEPTION ? CDN_EEXCEPTION : err;
   }
   std::vector<Local<Object>> refs;
@@ -510,7 +544,7 @@ static int SerializeObject(Isolate* isolate, Local<Context> context,
       refs = std::move(shadow.refs());
     } else if (try_catch.HasCaught() && !try_catch.HasTerminated()) {
       // A getter threw while copying, or the value is nested too deeply.
-      return ExceptionToHost(isolate, context, &try_catch, false, link, out);
+      return ExceptionToHost(isolate, context, &try_catch, false, out);
     }
   }
   if (!ok) {
@@ -647,7 +681,35 @@ static bool FromHostValue(Isolate* isolate, Local<Context> context,
                   isolate, "malformed serialised value")));
         return false;
       }
-      return d.des()->ReadValue(context).ToLocal(out);
+      bool read, refused = false;
+      {
+        TryCatch try_catch(isolate);
+        read = d.des()->ReadValue(context).ToLocal(out);
+        if (!read && try_catch.HasCaught() && !try_catch.HasTerminated()) {
+          // V8's own "Unable to deserialize" (a plain Error): a value the
+          // host serialiser wrote but cannot really copy (a
+          // WebAssembly.Module). Ours (malformed data, the memory limit)
+          // pass as they are.
+          Local<Value> exc = try_catch.Exception();
+          refused = exc->IsNativeError() &&
+                    exc.As<Object>()->GetConstructorName()->StringEquals(
+                        String::NewFromUtf8Literal(isolate, "Error"));
+          if (!refused) try_catch.ReThrow();
+        } else if (!read) {
+          try_catch.ReThrow();
+        }
+      }
+      if (refused) {
+        cdn_value_t e{};
+        e.kind = CDN_VAL_ERROR;
+        e.name = const_cast<char*>("TypeError");
+        e.message = const_cast<char*>(
+            "A value cannot be copied into the sandbox (a WebAssembly.Module "
+            "or another value V8 cannot copy)");
+        e.code = const_cast<char*>("ERR_CANNOT_CLONE");
+        ThrowInSandbox(isolate, &e);  // borrows the strings
+      }
+      return read;
     }
     case CDN_VAL_ERROR:
       ThrowInSandbox(isolate, in);
@@ -663,6 +725,33 @@ Local<Value> NewError(Isolate* isolate, const cdn_value_t* error);
 void ThrowInSandbox(Isolate* isolate, const cdn_value_t* error) {
   Local<Value> exc = NewError(isolate, error);
   if (!exc.IsEmpty()) isolate->ThrowException(exc);
+}
+
+// The host error's other own data properties (u.bytes: lib/'s serialised
+// object of them, data only) as own data properties of `exc`; false only
+// while terminating.
+static bool AddErrorProps(Isolate* isolate, Local<Context> context,
+                          Local<Object> exc, const cdn_value_t* error) {
+  TryCatch try_catch(isolate);
+  Deserializer d(isolate, context, error->u.bytes, error->len, nullptr,
+                 nullptr);
+  Local<Value> props;
+  Local<v8::Array> keys;
+  bool ok;
+  if (!d.des()->ReadHeader(context).To(&ok) || !ok ||
+      !d.des()->ReadValue(context).ToLocal(&props) || !props->IsObject() ||
+      !props.As<Object>()
+           ->GetOwnPropertyNames(context, v8::ONLY_ENUMERABLE)
+           .ToLocal(&keys))
+    return !try_catch.HasTerminated();
+  for (uint32_t i = 0; i < keys->Length(); i++) {
+    Local<Value> key, value;
+    if (!keys->Get(context, i).ToLocal(&key) || !key->IsName() ||
+        !props.As<Object>()->Get(context, key).ToLocal(&value) ||
+        exc->CreateDataProperty(context, key.As<v8::Name>(), value).IsNothing())
+      return !try_catch.HasTerminated();
+  }
+  return true;
 }
 
 // An error of the sandbox's own intrinsics, whatever sandbox code did to
@@ -702,36 +791,161 @@ Local<Value> NewError(Isolate* isolate, const cdn_value_t* error) {
   if (error->code != nullptr &&
       !set(String::NewFromUtf8Literal(isolate, "code"), error->code))
     return Local<Value>();
+  if (error->u.bytes != nullptr && error->len > 0 &&
+      !AddErrorProps(isolate, context, exc.As<Object>(), error))
+    return Local<Value>();
   return exc;
 }
 
-int ThrownToHost(Isolate* isolate, Local<Context> context, Local<Value> exc,
-                 const std::shared_ptr<ContextLink>& link, cdn_value_t* out) {
-  *out = cdn_value_t{};
-  if (!exc->IsNativeError()) {
-    // A thrown value that is not an Error crosses as a value.
-    int err = ToHost(isolate, context, exc, link, out);
-    if (err == CDN_ECLONE) {
-      SetError(out, "Error",
-               "Uncaught value that cannot be copied out of the sandbox");
+// What a thrown value is, for a message, without running sandbox code: no
+// getter, trap or toString is consulted.
+static std::string DescribeThrown(Isolate* isolate, Local<Value> v) {
+  auto clip = [](std::string s) {
+    return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+  };
+  if (v->IsSymbol()) {
+    Local<Value> d = v.As<v8::Symbol>()->Description(isolate);
+    if (!d->IsString()) return "a symbol";
+    String::Utf8Value s(isolate, d);
+    return "Symbol(" + clip(*s != nullptr ? *s : "") + ")";
+  }
+  if (v->IsProxy()) return "a Proxy";
+  if (v->IsFunction()) {
+    String::Utf8Value s(isolate, v.As<v8::Function>()->GetDebugName());
+    std::string name = *s != nullptr ? *s : "";
+    return "function " +
+           (name.empty() ? std::string("<anonymous>") : clip(name));
+  }
+  if (v->IsPromise()) return "a Promise";
+  if (v->IsObject()) {
+    String::Utf8Value s(isolate, v.As<Object>()->GetConstructorName());
+    std::string name = *s != nullptr ? *s : "";
+    return name.empty() ? "an object" : "an instance of " + clip(name);
+  }
+  return "a value";
+}
+
+// A thrown value that is not an Error crosses as data only: an exception
+// carries no function or promise references out. One that cannot be
+// copied (a function, a symbol, a proxy, an object whose getter throws)
+// becomes an Error that says what was thrown, coded ERR_CANNOT_CLONE.
+static int CopyThrown(Isolate* isolate, Local<Context> context, Local<Value> v,
+                      cdn_value_t* out) {
+  if (!v->IsObject() && !v->IsSymbol())
+    return ToHost(isolate, context, v, std::shared_ptr<ContextLink>(), out);
+  std::string why;
+  if (v->IsSymbol() || v->IsProxy() || v->IsFunction() || v->IsPromise()) {
+    why = "it cannot be copied out of the sandbox";
+  } else {
+    TryCatch try_catch(isolate);
+    Serializer s(isolate);
+    s.ser()->WriteHeader();
+    if (s.ser()->WriteValue(context, v).FromMaybe(false)) {
+      if (isolate->IsExecutionTerminating()) return CDN_ETERMINATED;
+      std::pair<uint8_t*, size_t> buf = s.ser()->Release();
+      out->kind = CDN_VAL_BYTES;
+      out->u.bytes = buf.first;
+      out->len = buf.second;
       return CDN_OK;
     }
-    return err;
+    if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())
+      return CDN_ETERMINATED;
+    std::string reason = s.reason();
+    if (reason.size() > 120) reason = reason.substr(0, 117) + "...";
+    why = reason.empty()
+              ? "copying it out of the sandbox threw"
+              : "it cannot be copied out of the sandbox (" + reason + ")";
   }
+  std::string message = "Uncaught " + DescribeThrown(isolate, v) + ": " + why;
+  SetError(out, "Error", message.c_str());
+  out->code = DupString("ERR_CANNOT_CLONE", 16);
+  return CDN_OK;
+}
+
+// An Error's own data properties besides name, message, stack and code
+// (enumerable ones, and `cause`), as a serialised null-prototype object in
+// out->u.bytes. Accessors are skipped, not called; a property whose value
+// cannot be copied is left out.
+static void CopyErrorProps(Isolate* isolate, Local<Context> context,
+                           Local<Object> error, cdn_value_t* out) {
+  TryCatch try_catch(isolate);
+  Local<v8::Array> keys;
+  if (!error
+           ->GetOwnPropertyNames(context,
+                                 static_cast<v8::PropertyFilter>(
+                                     v8::ONLY_ENUMERABLE | v8::SKIP_SYMBOLS),
+                                 v8::KeyConversionMode::kConvertToString)
+           .ToLocal(&keys))
+    return;
+  Local<String> cause = String::NewFromUtf8Literal(isolate, "cause");
+  Local<String> value_key = String::NewFromUtf8Literal(isolate, "value");
+  Local<Object> props =
+      Object::New(isolate, v8::Null(isolate), nullptr, nullptr, 0);
+  uint32_t count = 0;
+  for (uint32_t i = 0; i <= keys->Length(); i++) {
+    Local<Value> key, desc, value;
+    if (i < keys->Length()) {
+      if (!keys->Get(context, i).ToLocal(&key) || !key->IsString()) return;
+      String::Utf8Value k(isolate, key);
+      if (*k == nullptr || strcmp(*k, "name") == 0 ||
+          strcmp(*k, "message") == 0 || strcmp(*k, "stack") == 0 ||
+          strcmp(*k, "code") == 0 || strcmp(*k, "cause") == 0)
+        continue;
+    } else {
+      key = cause;  // own but not enumerable when made by new Error(m, {cause})
+    }
+    if (!error->GetOwnPropertyDescriptor(context, key.As<v8::Name>())
+             .ToLocal(&desc))
+      return;
+    if (!desc->IsObject()) continue;
+    Local<Object> d = desc.As<Object>();
+    // A fresh descriptor object: an own `value` is data, never a getter.
+    if (!d->HasOwnProperty(context, value_key).FromMaybe(false) ||
+        !d->Get(context, value_key).ToLocal(&value))
+      continue;
+    Serializer one(isolate);
+    one.ser()->WriteHeader();
+    if (!one.ser()->WriteValue(context, value).FromMaybe(false)) {
+      if (try_catch.HasTerminated()) return;
+      try_catch.Reset();
+      continue;
+    }
+    if (props->CreateDataProperty(context, key.As<v8::Name>(), value)
+            .IsNothing())
+      return;
+    count++;
+  }
+  if (count == 0) return;
+  Serializer s(isolate);
+  s.ser()->WriteHeader();
+  if (!s.ser()->WriteValue(context, props).FromMaybe(false)) return;
+  std::pair<uint8_t*, size_t> buf = s.ser()->Release();
+  out->u.bytes = buf.first;
+  out->len = buf.second;
+}
+
+int ThrownToHost(Isolate* isolate, Local<Context> context, Local<Value> exc,
+                 cdn_value_t* out) {
+  *out = cdn_value_t{};
+  if (!exc->IsNativeError()) return CopyThrown(isolate, context, exc, out);
   // Reading name, message and stack may run sandbox getters; the deadline
   // is still armed around this.
   TryCatch inner(isolate);
   Local<Object> obj = exc.As<Object>();
   Local<Value> name, message, stack, code;
+  // Stop at the first termination: V8's own stack accessor formats the
+  // message again, and from Node 22 catches the termination there, so a
+  // looping message getter would run again with no deadline left to end it.
   auto get = [&](const char* key, Local<Value>* v) {
+    *v = v8::Undefined(isolate);
+    if (inner.HasTerminated() || isolate->IsExecutionTerminating())
+      return false;
     Local<String> k = String::NewFromUtf8(isolate, key).ToLocalChecked();
     if (!obj->Get(context, k).ToLocal(v)) *v = v8::Undefined(isolate);
+    return !inner.HasTerminated() && !isolate->IsExecutionTerminating();
   };
-  get("name", &name);
-  get("message", &message);
-  get("stack", &stack);
-  get("code", &code);
-  if (inner.HasTerminated() || isolate->IsExecutionTerminating())
+  if (!get("name", &name) || !get("message", &message) ||
+      !get("stack", &stack) || !get("code", &code))
     return CDN_ETERMINATED;
   out->kind = CDN_VAL_ERROR;
   out->name = name->IsString() ? ToUtf8(isolate, name) : DupString("Error", 5);
@@ -739,17 +953,20 @@ int ThrownToHost(Isolate* isolate, Local<Context> context, Local<Value> exc,
       message->IsString() ? ToUtf8(isolate, message) : DupString("", 0);
   out->stack = stack->IsString() ? ToUtf8(isolate, stack) : DupString("", 0);
   if (code->IsString()) out->code = ToUtf8(isolate, code);
+  CopyErrorProps(isolate, context, obj, out);
+  if (isolate->IsExecutionTerminating()) {
+    cdn_value_free(out);
+    return CDN_ETERMINATED;
+  }
   return CDN_OK;
 }
 
 int ExceptionToHost(Isolate* isolate, Local<Context> context,
-                    TryCatch* try_catch, bool compiling,
-                    const std::shared_ptr<ContextLink>& link,
-                    cdn_value_t* out) {
+                    TryCatch* try_catch, bool compiling, cdn_value_t* out) {
   *out = cdn_value_t{};
   if (try_catch->HasTerminated() || isolate->IsExecutionTerminating())
     return CDN_ETERMINATED;
-  int err = ThrownToHost(isolate, context, try_catch->Exception(), link, out);
+  int err = ThrownToHost(isolate, context, try_catch->Exception(), out);
   if (err != CDN_OK) return err;
   if (compiling && out->kind == CDN_VAL_ERROR) {
     // A compile error has no frame; name the place, as a frame would.

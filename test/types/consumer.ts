@@ -12,6 +12,7 @@ import {
   compileFunction,
   apply,
   applyAsync,
+  setCodeCacheKey,
   TimeoutError,
   MemoryLimitError,
   DisposedError,
@@ -26,6 +27,7 @@ async function main(): Promise<void> {
   const n: number = runInContext('1 + 1', ctx, { timeout: 50 });
   const s: string = runInNewContext('"a" + "b"', { x: 1 }, { timeout: 50 });
   const later: unknown = await ctx.run('Promise.resolve(3)', { timeout: 100 });
+  setCodeCacheKey('a secret of sixteen bytes or more');
   const script = new Script('x = 1', { filename: 'x.js', isolate: iso });
   const cache: Buffer = script.createCachedData();
   script.runInContext(other);
