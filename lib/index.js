@@ -63,6 +63,7 @@ function makeError(kind, name, message, stack, value, code) {
         // A thrown value that is not an Error crosses as a value.
         return activeContext ? decodeIn(activeContext, value) : marshal.decode(value, null);
       }
+      if (name === 'DisposedError' && code === 'ERR_ISOLATE_DISPOSED') return new DisposedError('context');
       const Ctor = Object.hasOwn(STANDARD_ERRORS, name) ? STANDARD_ERRORS[name] : Error;
       const error = new Ctor(message);
       if (error.name !== name) {

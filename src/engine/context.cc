@@ -35,6 +35,12 @@ ContextRecord::~ContextRecord() {
   // Its code may be kept by the sandbox, but no host call reaches it now:
   // the import callbacks go, and with them any cycle through the host
   // heap (a callback that keeps its referrer).
+  RejectContextPromises(iso(), link.get());
+  for (CallbackRecord* c : callbacks) {
+    iso()->hooks.release(iso()->hooks.data, c->cb);
+    c->cb = nullptr;
+  }
+  callbacks.clear();
   for (ImportHost* h : imports) {
     h->ReleaseHost();
     h->owner = nullptr;
@@ -55,7 +61,8 @@ FunctionRecord::~FunctionRecord() {
 
 CallbackRecord::~CallbackRecord() {
   fn.Reset();
-  iso()->hooks.release(iso()->hooks.data, cb);
+  if (cb != nullptr) iso()->hooks.release(iso()->hooks.data, cb);
+  if (link->rec != nullptr) link->rec->callbacks.erase(this);
   iso()->callbacks--;
 }
 
@@ -80,10 +87,11 @@ void CallHost(const FunctionCallbackInfo<Value>& info) {
   Local<Context> context = isolate->GetCurrentContext();
   if (rec->link->rec == nullptr) return;  // its context is gone
 
-  Local<v8::Array> array = v8::Array::New(isolate, info.Length());
-  for (int i = 0; i < info.Length(); i++) {
-    if (array->Set(context, i, info[i]).IsNothing()) return;
-  }
+  // Made whole, not by Set: an index setter on Array.prototype would run.
+  std::vector<Local<Value>> elements(static_cast<size_t>(info.Length()));
+  for (int i = 0; i < info.Length(); i++) elements[i] = info[i];
+  Local<v8::Array> array =
+      v8::Array::New(isolate, elements.data(), elements.size());
   cdn_value_t args;
   int err = ToHost(isolate, context, array, rec->link, &args);
   if (err == CDN_ECLONE) {
@@ -236,6 +244,7 @@ v8::MaybeLocal<v8::Function> NewCallbackFunction(
     fn->SetName(n);
   rec->fn.Reset(isolate, fn);
   rec->fn.SetWeak(rec, OnCallbackCollected, v8::WeakCallbackType::kParameter);
+  link->rec->callbacks.insert(rec);
   return fn;
 }
 
@@ -309,7 +318,10 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
       Local<Value> key, val;
       ok = keys->Get(context, i).ToLocal(&key) &&
            v.As<Object>()->Get(context, key).ToLocal(&val) &&
-           global->Set(context, key, val).FromMaybe(false);
+           // Own data properties: no setter of the global's prototypes
+           // (such as __proto__) runs.
+           global->CreateDataProperty(context, key.As<v8::Name>(), val)
+               .FromMaybe(false);
     }
     if (!ok) {
       int e = cordon::ExceptionToHost(isolate, context, &try_catch, false, err);

@@ -427,7 +427,9 @@ extern "C" int cdn_engine_module_requests(cdn_engine_module_t* m,
     Local<Value> pair[] = {
         r->GetSpecifier(),
         cordon::Attributes(isolate, context, cordon::ImportAttributes(r), 3)};
-    if (list->Set(context, i, v8::Array::New(isolate, pair, 2)).IsNothing())
+    if (list->CreateDataProperty(context, static_cast<uint32_t>(i),
+                                 v8::Array::New(isolate, pair, 2))
+            .IsNothing())
       return CDN_ETERMINATED;
   }
   return cordon::ToHost(isolate, context, list, rec->link, out);

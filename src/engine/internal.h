@@ -220,6 +220,7 @@ struct cdn_engine_isolate_s {
   std::atomic<size_t> settled_pending{0};
   // Cells of watched promises whose reactions are alive (under the lock):
   // V8 runs no weak callbacks at dispose, so dispose frees these.
+  bool disposing = false;  // cdn_engine_isolate_dispose has begun
   std::unordered_set<cordon::PromiseCell*> cells;
 
   // Set by the near-heap-limit callback, or the allocator's third refusal in
@@ -245,6 +246,7 @@ namespace cordon {
 
 class ContextRecord;
 class ImportHost;
+class CallbackRecord;
 
 // Points at a context record for as long as it lives. Records of functions
 // share it, so that a call after the context was disposed fails cleanly.
@@ -266,6 +268,10 @@ class ContextRecord final : public Record {
   // Import hosts of code compiled for this context: disposing it releases
   // their host callbacks (see import.cc).
   std::unordered_set<ImportHost*> imports;
+  // Host functions handed to it: disposing it releases their host
+  // references (no call reaches them after), which would otherwise close a
+  // cycle through both heaps (a host function that keeps its Context).
+  std::unordered_set<CallbackRecord*> callbacks;
 };
 
 class ScriptRecord final : public Record {
@@ -457,6 +463,10 @@ void AttachImport(cdn_engine_isolate_t* iso, v8::Local<v8::Symbol> symbol,
 // Release src's tokens when nothing was compiled.
 void ReleaseImportTokens(cdn_engine_isolate_t* iso, const cdn_source_t* src);
 
+// promise.cc: the context is being disposed: its sandbox promises the host
+// awaits reject now with ERR_ISOLATE_DISPOSED (they may never settle, and
+// their host side would keep the context alive through the host heap).
+void RejectContextPromises(cdn_engine_isolate_t* iso, const ContextLink* link);
 // promise.cc: unhandled rejections. Called by V8, and, with the run's
 // deadline still armed, at the end of each outermost run and task drain.
 void OnPromiseReject(v8::PromiseRejectMessage message);

@@ -283,6 +283,7 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
     v8::Locker locker(isolate);
     Isolate::Scope isolate_scope(isolate);
     HandleScope handle_scope(isolate);
+    iso->disposing = true;
     std::vector<Record*> releases;
     iso->tasks->Close(&releases);  // (released records are still linked)
     for (cdn_rejection_t& r : iso->reports) cordon::DropValue(&r.reason);

@@ -10,6 +10,8 @@
 // Into the sandbox, a host promise becomes the promise of a resolver the
 // host adopts (hooks->adopt) and settles later through
 // cdn_engine_resolver_settle, running the sandbox's microtasks then.
+#include <cstring>
+
 #include "internal.h"
 
 using v8::Context;
@@ -126,6 +128,20 @@ void ForgetRejection(cdn_engine_isolate_t* iso, Local<v8::Promise> promise) {
 }
 
 }  // namespace
+
+void RejectContextPromises(cdn_engine_isolate_t* iso, const ContextLink* link) {
+  if (iso->disposing) return;  // the host rejects them all (PRM_DISPOSED)
+  for (PromiseCell* cell : iso->cells) {
+    PromiseRecord* rec = cell->rec;
+    if (rec == nullptr || rec->link.get() != link ||
+        rec->state != CDN_PROMISE_PENDING)
+      continue;
+    rec->state = CDN_PROMISE_REJECTED;
+    SetError(&rec->value, "DisposedError", "The context has been disposed");
+    rec->value.code = strdup("ERR_ISOLATE_DISPOSED");
+    Queue(rec);
+  }
+}
 
 PromiseRecord* WatchPromise(Isolate* isolate, Local<Context> context,
                             Local<v8::Promise> promise,

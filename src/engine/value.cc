@@ -778,7 +778,7 @@ Local<Value> NewError(Isolate* isolate, const cdn_value_t* error) {
   auto set = [&](Local<String> key, const char* value) {
     Local<String> v;
     return !String::NewFromUtf8(isolate, value).ToLocal(&v) ||
-           exc.As<Object>()->Set(context, key, v).IsJust();
+           exc.As<Object>()->CreateDataProperty(context, key, v).IsJust();
   };
   if (!exc->IsNativeError() || strcmp(name, "Error") == 0 ||
       exc.As<Object>()->GetConstructorName()->StringEquals(
