@@ -54,6 +54,31 @@ const STANDARD_ERRORS = {
 let activeTimeout = 0;
 let activeCpuTimeout = 0;
 let activeContext = null;
+// The isolate a Script is being compiled in (it has no context).
+let compilingIsolate = null;
+
+// A memory stop. When the sandbox still holds more than its limit after a
+// full collection (a global keeps what it allocated), the isolate cannot
+// run within its limit again: it is disposed, so that its memory goes back
+// now, and the error says so (isolateDisposed).
+function memoryLimitError(isolate) {
+  const error = new MemoryLimitError(isolate ? isolate.memoryLimitMB : 0);
+  error.isolateDisposed = false;
+  if (isolate && !isolate.isDisposed) {
+    const limit = isolate.memoryLimitMB * 1024 * 1024;
+    let stats = null;
+    try {
+      stats = isolate.getHeapStatistics();
+    } catch {
+      // busy (a sync call from a callback of its own async run): left open
+    }
+    if (stats !== null && (stats.usedHeapSize > limit || stats.externalMemory > limit)) {
+      error.isolateDisposed = true;
+      isolate.dispose();
+    }
+  }
+  return error;
+}
 
 // Called by the native layer to build the error a failed call throws.
 function makeError(kind, name, message, stack, value, code) {
@@ -98,7 +123,7 @@ function makeError(kind, name, message, stack, value, code) {
       return withCode(new TypeError(message || 'A value could not be copied across the sandbox boundary'),
         'ERR_CANNOT_CLONE');
     case ENOMEM:
-      return new MemoryLimitError(activeContext ? activeContext.isolate.memoryLimitMB : 0);
+      return memoryLimitError(activeContext ? activeContext.isolate : compilingIsolate);
     case EDISPOSED:
       return new DisposedError('context');
     case KDISPOSED:
@@ -811,8 +836,15 @@ class Script {
     const isolate = isolateOption(o.opts);
     const importCallback = importOption(o.opts);
     this.#isolate = isolate;
-    const [handle, rejected, produced] = boundedRaw(null, () => binding.scriptNew(isolateHandle(isolate), code,
-      o.filename, o.lineOffset, o.columnOffset, cache.cachedData, cache.produceCachedData, importCallback, this));
+    compilingIsolate = isolate;
+    let made;
+    try {
+      made = boundedRaw(null, () => binding.scriptNew(isolateHandle(isolate), code,
+        o.filename, o.lineOffset, o.columnOffset, cache.cachedData, cache.produceCachedData, importCallback, this));
+    } finally {
+      compilingIsolate = null;
+    }
+    const [handle, rejected, produced] = made;
     this.#handle = handle;
     setCacheResult(this, cache, rejected, produced);
   }

@@ -9,6 +9,7 @@ typedef struct {
   iso_t* iso;
   cdn_engine_script_t* engine;
   uint64_t hash; /* of the source, for code caches */
+  int64_t cost;  /* reported with val_adjust_external */
 } ctx_script_t;
 
 /* The import callback and the referrer's handle as engine tokens. */
@@ -106,11 +107,23 @@ static void ctx__release(ctx_t* ctx) {
 static void ctx__finalize(napi_env env, void* data, void* hint) {
   ctx_t* ctx = data;
   (void)hint;
+  val_adjust_external(env, -ctx->cost);
   ctx__release(ctx);
   if (ctx->self != NULL) napi_delete_reference(env, ctx->self);
   ctx->iso->env->n_contexts--;
   iso_unref(ctx->iso);
   free(ctx);
+}
+
+/* Run by the host's collector: the sandbox context goes at once (what it
+ * holds is the bulk); the reference and the record wait. */
+static void ctx__finalize_gc(node_api_basic_env env, void* data, void* hint) {
+  ctx_t* ctx = data;
+  ctx__release(ctx);
+  val_adjust_external(env, -ctx->cost);
+  ctx->cost = 0;
+  if (node_api_post_finalizer(env, ctx__finalize, data, hint) != napi_ok)
+    abort();
 }
 
 typedef struct {
@@ -149,11 +162,13 @@ static napi_value ctx__js_new(napi_env env, napi_callback_info info) {
   ctx->iso = a.iso;
   ctx->engine = a.result;
   ctx->self = NULL;
+  ctx->cost = (int64_t)cdn_engine_ref_cost(a.result);
+  val_adjust_external(env, ctx->cost);
   a.iso->refs++;
   a.iso->env->n_contexts++;
   napi_create_reference(env, argv[2], 0, &ctx->self);
   cdn_engine_context_set_host(ctx->engine, ctx);
-  if (napi_create_external(env, ctx, ctx__finalize, NULL, &ext) != napi_ok) {
+  if (napi_create_external(env, ctx, ctx__finalize_gc, NULL, &ext) != napi_ok) {
     ctx__finalize(env, ctx, NULL);
     CDN_CALL(env, napi_generic_failure);
   }
@@ -313,13 +328,26 @@ static napi_value ctx__js_script_run_async(napi_env env,
 
 static void ctx__script_finalize(napi_env env, void* data, void* hint) {
   ctx_script_t* s = data;
-  (void)env;
   (void)hint;
+  val_adjust_external(env, -s->cost);
   if (s->engine != NULL && s->iso->engine != NULL)
     cdn_engine_script_release(s->engine);
   s->iso->env->n_scripts--;
   iso_unref(s->iso);
   free(s);
+}
+
+/* Run by the host's collector: the compiled script goes at once. */
+static void ctx__script_finalize_gc(node_api_basic_env env, void* data,
+                                    void* hint) {
+  ctx_script_t* s = data;
+  if (s->engine != NULL && s->iso->engine != NULL)
+    cdn_engine_script_release(s->engine);
+  s->engine = NULL;
+  val_adjust_external(env, -s->cost);
+  s->cost = 0;
+  if (node_api_post_finalizer(env, ctx__script_finalize, data, hint) != napi_ok)
+    abort();
 }
 
 typedef struct {
@@ -350,9 +378,11 @@ static napi_status ctx__script_wrap(napi_env env, iso_t* iso,
   s->iso = iso;
   s->engine = engine;
   s->hash = hash;
+  s->cost = (int64_t)cdn_engine_ref_cost(engine);
+  val_adjust_external(env, s->cost);
   iso->refs++;
   iso->env->n_scripts++;
-  st = napi_create_external(env, s, ctx__script_finalize, NULL, out);
+  st = napi_create_external(env, s, ctx__script_finalize_gc, NULL, out);
   if (st != napi_ok) ctx__script_finalize(env, s, NULL);
   return st;
 }

@@ -16,13 +16,28 @@
 #ifndef CORDON_CORDON_H_
 #define CORDON_CORDON_H_
 
-#define NAPI_VERSION 8
+/* Built against Node-API's experimental version for one thing: basic
+ * finalizers, which the host's collector runs synchronously, so that a
+ * synchronous loop that drops handles frees their sandbox records (with
+ * deferred finalizers nothing is freed until the loop yields). A finalizer
+ * that needs more than basic calls defers itself (CDN_DEFERRED_FINALIZER).
+ * The binaries are per Node line anyway (the engine uses V8's C++ API). */
+#define NAPI_EXPERIMENTAL
+#undef NAPI_VERSION /* node_version.h's, the runtime's own, if included */
+#define NAPI_VERSION 2147483647 /* NAPI_VERSION_EXPERIMENTAL */
 #include <node_api.h>
 #include <stdint.h>
 #include <uv.h>
 
 #include "engine/engine.h"
 #include "watchdog.h"
+
+/* A basic finalizer `name` that runs `impl` (a full napi_finalize) later,
+ * outside the collector. */
+#define CDN_DEFERRED_FINALIZER(name, impl)                                  \
+  static void name(node_api_basic_env env, void* data, void* hint) {        \
+    if (node_api_post_finalizer(env, impl, data, hint) != napi_ok) abort(); \
+  }
 
 /* Check a napi_status; on failure make it the call's error (unless a JS
  * exception is already pending) and return from the enclosing napi
@@ -321,6 +336,7 @@ typedef struct {
   iso_t* iso;
   cdn_engine_context_t* engine; /* NULL once disposed */
   napi_ref self;                /* lib's Context, weakly */
+  int64_t cost;                 /* reported with val_adjust_external */
 } ctx_t;
 
 /* A source text pulled out of JS arguments. */
@@ -370,6 +386,8 @@ napi_status val_from_napi(napi_env env, cdn_env_t* cenv, napi_value v,
                           cdn_value_t* out);
 /* cdn_value_free, releasing first the callbacks the engine did not take. */
 void val_release(cdn_value_t* v);
+/* Report a handle's sandbox memory to the host's collector (see value.c). */
+void val_adjust_external(node_api_basic_env env, int64_t bytes);
 /* Make a value own the bytes it borrows (for a job that outlives the
  * call that made it). */
 napi_status val_own(cdn_value_t* v);

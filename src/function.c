@@ -11,16 +11,33 @@
 typedef struct {
   iso_t* iso;
   cdn_engine_function_t* engine;
+  int64_t cost; /* reported with val_adjust_external */
 } fn_t;
 
 static void fn__finalize(napi_env env, void* data, void* hint) {
   fn_t* fn = data;
-  (void)env;
   (void)hint;
+  val_adjust_external(env, -fn->cost);
   if (fn->iso->engine != NULL) cdn_engine_function_release(fn->engine);
   fn->iso->env->n_functions--;
   iso_unref(fn->iso);
   free(fn);
+}
+
+/* Run by the host's collector: the record is released at once unless the
+ * isolate might go with it (its last reference), which waits. */
+static void fn__finalize_gc(node_api_basic_env env, void* data, void* hint) {
+  fn_t* fn = data;
+  if (fn->iso->refs > 1) {
+    if (fn->iso->engine != NULL) cdn_engine_function_release(fn->engine);
+    val_adjust_external(env, -fn->cost);
+    fn->iso->env->n_functions--;
+    fn->iso->refs--;
+    free(fn);
+  } else if (node_api_post_finalizer(env, fn__finalize, data, hint) !=
+             napi_ok) {
+    abort();
+  }
 }
 
 /* A handle for lib/ that owns the function record. */
@@ -34,9 +51,11 @@ static napi_status fn__handle(napi_env env, iso_t* iso,
   }
   fn->iso = iso;
   fn->engine = engine;
+  fn->cost = (int64_t)cdn_engine_ref_cost(engine);
+  val_adjust_external(env, fn->cost);
   iso->refs++;
   iso->env->n_functions++;
-  st = napi_create_external(env, fn, fn__finalize, NULL, out);
+  st = napi_create_external(env, fn, fn__finalize_gc, NULL, out);
   if (st != napi_ok) fn__finalize(env, fn, NULL);
   return st;
 }

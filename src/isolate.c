@@ -680,6 +680,8 @@ static void iso__finalize(napi_env env, void* data, void* hint) {
   iso_unref(data);
 }
 
+CDN_DEFERRED_FINALIZER(iso__finalize_gc, iso__finalize)
+
 iso_t* iso_from_handle(napi_env env, napi_value v) {
   void* p = NULL;
   if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
@@ -703,7 +705,7 @@ static napi_value iso__js_new(napi_env env, napi_callback_info info) {
   opts.allow_unsafe_flags = unsafe;
   err = iso_new(cenv, &opts, &iso);
   if (err != CDN_OK) return cdn_throw(env, cenv, err, NULL);
-  if (napi_create_external(env, iso, iso__finalize, NULL, &ext) != napi_ok) {
+  if (napi_create_external(env, iso, iso__finalize_gc, NULL, &ext) != napi_ok) {
     iso_unref(iso);
     CDN_CALL(env, napi_generic_failure);
   }

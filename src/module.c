@@ -26,6 +26,8 @@ static void mod__finalize(napi_env env, void* data, void* hint) {
   free(m);
 }
 
+CDN_DEFERRED_FINALIZER(mod__finalize_gc, mod__finalize)
+
 static mod_t* mod__get(napi_env env, napi_value v) {
   mod_t* m = NULL;
   napi_get_value_external(env, v, (void**)&m);
@@ -151,7 +153,7 @@ static napi_value mod__js_new(napi_env env, napi_callback_info info) {
   m->iso = iso;
   m->engine = a.result;
   iso->refs++;
-  if (napi_create_external(env, m, mod__finalize, NULL, &ext) != napi_ok) {
+  if (napi_create_external(env, m, mod__finalize_gc, NULL, &ext) != napi_ok) {
     mod__finalize(env, m, NULL);
     CDN_CALL(env, napi_generic_failure);
   }

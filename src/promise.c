@@ -143,6 +143,8 @@ static void prm__resolver_finalize(napi_env env, void* data, void* hint) {
   free(r);
 }
 
+CDN_DEFERRED_FINALIZER(prm__resolver_finalize_gc, prm__resolver_finalize)
+
 napi_status prm_resolver_handle(napi_env env, iso_t* iso,
                                 cdn_engine_resolver_t* engine,
                                 napi_value* out) {
@@ -155,7 +157,7 @@ napi_status prm_resolver_handle(napi_env env, iso_t* iso,
   r->iso = iso;
   r->engine = engine;
   iso->refs++;
-  st = napi_create_external(env, r, prm__resolver_finalize, NULL, out);
+  st = napi_create_external(env, r, prm__resolver_finalize_gc, NULL, out);
   if (st != napi_ok) prm__resolver_finalize(env, r, NULL);
   return st;
 }

@@ -218,3 +218,12 @@ napi_status val_error_to_napi(napi_env env, const cdn_value_t* v,
   }
   return napi_ok;
 }
+
+/* Tell the host's collector about sandbox memory a handle keeps alive
+ * (`bytes` added, or given back when negative): the handles are small, so
+ * without this the host would collect none of them while the sandbox
+ * fills. A failure only loses the hint. */
+void val_adjust_external(node_api_basic_env env, int64_t bytes) {
+  int64_t total;
+  if (bytes != 0) (void)napi_adjust_external_memory(env, bytes, &total);
+}

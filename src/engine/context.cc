@@ -198,27 +198,43 @@ int RunBound(Isolate* isolate, Local<Context> context, TryCatch* try_catch,
 }
 
 // The status of a run during which a memory limit may have been hit. The
-// run may have ended terminated, or with the RangeError of a refused
-// ArrayBuffer before V8 looked at the termination: either way it reports
-// the memory limit.
-int Status(cdn_engine_isolate_t* iso, int err) {
+// run may have ended terminated, with the RangeError of a refused
+// ArrayBuffer before V8 looked at the termination, or even normally (the
+// limit was passed in a builtin that never checks for termination, or by
+// memory only a collection measures): each way it reports the memory
+// limit, and `out` (when the run made a value) is dropped.
+int Status(cdn_engine_isolate_t* iso, int err, cdn_value_t* out = nullptr) {
   bool refused = iso->buffer_refused.exchange(false);
-  if (!iso->out_of_memory.exchange(false)) {
+  bool oom = iso->out_of_memory.exchange(false);
+  // A run may leave more than the limit without V8 noticing: one large
+  // young object (V8 limits only the old generation), or WebAssembly
+  // memory. Cheap to ask; a collection only when it looks over.
+  if (!oom && OverLimit(iso)) {
+    iso->recovering = true;
+    iso->isolate->LowMemoryNotification();
+    iso->recovering = false;
+    oom = OverLimit(iso);
+    if (oom) iso->isolate->TerminateExecution();  // CancelTermination's
+  }
+  if (!oom) {
     // An uncaught RangeError of a refused ArrayBuffer is the memory limit.
     if (!refused || err != CDN_EEXCEPTION) return err;
     // Collect what the run left, backing stores included (their sweeping
     // otherwise finishes later), so that the next run starts clean.
     iso->isolate->LowMemoryNotification();
+    cdn_value_free(out);
     return CDN_ENOMEM;
   }
-  // The termination was the memory limit's, so it is cancelled here, even
-  // when the run finished first (it was past the limit only for a while,
-  // in code that never checked for termination); the heap limit raised to
-  // let the run unwind goes back to what it was.
+  // The termination was the memory limit's, so it is cancelled here; then
+  // the heap limit raised to let the run unwind goes back down (see
+  // RecoverFromLimit) unless the sandbox still holds more than its limit.
   CancelTermination(iso);
-  RestoreHeapLimit(iso);
-  iso->isolate->LowMemoryNotification();
-  return err == CDN_ETERMINATED || err == CDN_EEXCEPTION ? CDN_ENOMEM : err;
+  RecoverFromLimit(iso);
+  if (err == CDN_OK || err == CDN_ETERMINATED || err == CDN_EEXCEPTION) {
+    cdn_value_free(out);
+    return CDN_ENOMEM;
+  }
+  return err;
 }
 
 }  // namespace
@@ -298,10 +314,17 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
   Local<Context> context = Context::New(isolate);
   if (context.IsEmpty()) {
     cordon::ReleaseRefs(iso, &in);
+    // V8 fails a context only for want of heap (the near-heap-limit
+    // callback terminated the creation).
+    if (iso->out_of_memory.load() || cordon::OverLimit(iso))
+      return cordon::Status(iso, CDN_ETERMINATED);
     cordon::SetError(err, "Error", "could not create a context");
     return CDN_EINTERNAL;
   }
+  // eval and new Function ask the isolate's CodeFromStrings first.
+  context->AllowCodeGenerationFromStrings(false);
   auto* rec = new ContextRecord(iso);
+  rec->cost = cordon::kContextCost;
   cordon::SetContextPointer(context, cordon::kContextRecordSlot, rec,
                             cordon::kTagContextRecord);
   Context::Scope context_scope(context);
@@ -326,8 +349,13 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
     if (!ok) {
       int e = cordon::ExceptionToHost(isolate, context, &try_catch, false, err);
       delete rec;
+      e = cordon::Status(iso, e, err);
       return e == CDN_EEXCEPTION ? CDN_ECLONE : e;
     }
+  }
+  if (iso->out_of_memory.load()) {  // made, but past the limit
+    delete rec;
+    return cordon::Status(iso, CDN_ETERMINATED);
   }
   rec->context.Reset(isolate, context);
   *out = reinterpret_cast<cdn_engine_context_t*>(rec);
@@ -358,8 +386,10 @@ extern "C" int cdn_engine_run(cdn_engine_context_t* ctx,
   }
   cordon::AttachImport(iso, symbol, src, CDN_REFERRER_SCRIPT, Local<Value>(),
                        script->GetUnboundScript(), Local<v8::Module>(), rec);
-  return cordon::Status(iso, cordon::RunBound(isolate, context, &try_catch,
-                                              script, rec->link, out));
+  return cordon::Status(
+      iso,
+      cordon::RunBound(isolate, context, &try_catch, script, rec->link, out),
+      out);
 }
 
 extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
@@ -393,6 +423,7 @@ extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
   }
   auto* rec = new ScriptRecord(iso);
   rec->script.Reset(isolate, script);
+  rec->cost = cordon::kFunctionCost + src->code_len * 4;
   *out = reinterpret_cast<cdn_engine_script_t*>(rec);
   return CDN_OK;
 }
@@ -423,8 +454,10 @@ extern "C" int cdn_engine_script_run(cdn_engine_script_t* script,
   TryCatch& try_catch = entry.try_catch;
   *out = cdn_value_t{};
   Local<v8::Script> bound = srec->script.Get(isolate)->BindToCurrentContext();
-  return cordon::Status(iso, cordon::RunBound(isolate, context, &try_catch,
-                                              bound, crec->link, out));
+  return cordon::Status(
+      iso,
+      cordon::RunBound(isolate, context, &try_catch, bound, crec->link, out),
+      out);
 }
 
 extern "C" int cdn_engine_compile_function(
@@ -479,8 +512,10 @@ extern "C" int cdn_engine_compile_function(
     cordon::TakeCache(ScriptCompiler::CreateCodeCacheForFunction(fn),
                       &cache->cache, &cache->cache_len);
   }
-  return cordon::Status(iso,
-                        cordon::ToHost(isolate, context, fn, rec->link, out));
+  int err = cordon::ToHost(isolate, context, fn, rec->link, out);
+  if (err == CDN_OK && out->nrefs == 1)
+    static_cast<cordon::Record*>(out->refs[0])->cost += src->code_len * 4;
+  return cordon::Status(iso, err, out);
 }
 
 extern "C" int cdn_engine_call(cdn_engine_function_t* fnp,
@@ -543,8 +578,8 @@ extern "C" int cdn_engine_call(cdn_engine_function_t* fnp,
   isolate->PerformMicrotaskCheckpoint();
   if (try_catch.HasTerminated() || isolate->IsExecutionTerminating())
     return cordon::Status(iso, CDN_ETERMINATED);
-  return cordon::Status(iso,
-                        cordon::ToHost(isolate, context, result, link, out));
+  return cordon::Status(
+      iso, cordon::ToHost(isolate, context, result, link, out), out);
 }
 
 extern "C" void cdn_engine_function_release(cdn_engine_function_t* fn) {

@@ -339,6 +339,11 @@ int cdn_engine_call(cdn_engine_function_t* fn, const cdn_value_t* this_arg,
 /* Thread-safe, like cdn_engine_context_release. */
 void cdn_engine_function_release(cdn_engine_function_t* fn);
 
+/* Thread-safe: about how many bytes of sandbox memory a record (a
+ * context, script or function) keeps alive while the host holds it; the
+ * host reports this to its own collector, whose handles are small. */
+size_t cdn_engine_ref_cost(void* ref);
+
 /* Thread-safe: the kind of an out-reference. */
 cdn_ref_kind cdn_engine_ref_kind(void* ref);
 /* Thread-safe: release any engine record (a context, script, function,

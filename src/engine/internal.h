@@ -55,6 +55,10 @@ class Record {
     return iso_;
   }
 
+  // Bytes of sandbox memory the host's handle keeps alive, as estimated
+  // when the record is made (cdn_engine_ref_cost); fixed after that.
+  size_t cost = 0;
+
  private:
   friend struct ::cdn_engine_isolate_s;
   cdn_engine_isolate_t* iso_;
@@ -149,6 +153,20 @@ class LimitedAllocator final : public v8::ArrayBuffer::Allocator {
   std::atomic<int> refusals_{0};  // consecutive
 };
 
+// Room V8 is given past the limit, once it is reached, to finish what it
+// is doing: the largest object V8 allocates without a way to fail (a
+// FixedArray or a string of 1 GiB) must fit, or V8 ends the process.
+constexpr size_t kLimitHeadroom = size_t{1280} << 20;
+// Backing stores up to this size are granted past the limit (and stop the
+// run): V8 treats a refusal of some small ones, such as materialising an
+// on-heap typed array's buffer, as a fatal error.
+constexpr size_t kSmallBacking = 4096;
+// Estimates for cdn_engine_ref_cost: a context's own heap (1 000 of them
+// fill 128 MB), a function and its closure; a compiled function or script
+// adds its source (two bytes a character, bytecode about as much again).
+constexpr size_t kContextCost = size_t{128} << 10;
+constexpr size_t kFunctionCost = 1024;
+
 // Hands Node's platform our task queue for the sandbox isolate.
 class PlatformDelegate final : public node::IsolatePlatformDelegate {
  public:
@@ -228,7 +246,9 @@ struct cdn_engine_isolate_s {
   std::atomic<bool> out_of_memory{false};
   // The allocator refused an ArrayBuffer during the run.
   std::atomic<bool> buffer_refused{false};
-  size_t heap_limit = 0;
+  size_t heap_limit = 0;    // V8's heap limit as configured
+  size_t memory_limit = 0;  // the user's, in bytes (SIZE_MAX: none)
+  bool recovering = false;  // our own collection: AfterFullGc stays quiet
 
   // A context user code never runs in: compiles unbound scripts.
   v8::Global<v8::Context> internal_context;
@@ -298,6 +318,7 @@ class FunctionRecord final : public OutRef {
   FunctionRecord(cdn_engine_isolate_t* iso, std::shared_ptr<ContextLink> l)
       : OutRef(iso, CDN_REF_FUNCTION), link(std::move(l)) {
     iso->functions++;
+    cost = kFunctionCost;
   }
   ~FunctionRecord() override;
 
@@ -520,7 +541,14 @@ void ThrowInSandbox(v8::Isolate* isolate, const cdn_value_t* error);
 // microtasks of the stopped run; after an out-of-memory termination, put
 // the heap limit back.
 void CancelTermination(cdn_engine_isolate_t* iso);
-void RestoreHeapLimit(cdn_engine_isolate_t* iso);
+// Whether the sandbox holds more than its limit: heap, or ArrayBuffer and
+// WebAssembly memory (V8's external memory). On the isolate's thread.
+bool OverLimit(cdn_engine_isolate_t* iso);
+// After a memory stop: collect, then put V8's heap limit back to the
+// isolate's own when what is left fits (no ratchet); otherwise leave it
+// raised, so that no later collection aborts the process, and let the
+// host close the isolate (it sees the heap over its limit).
+void RecoverFromLimit(cdn_engine_isolate_t* iso);
 // Fill `out` with a CDN_VAL_ERROR.
 void SetError(cdn_value_t* out, const char* name, const char* message);
 // Free a value without releasing the records it refers to (isolate

@@ -112,19 +112,76 @@ void TaskQueue::Close(std::vector<Record*>* releases) {
 }
 
 // V8 calls this, on the thread running the isolate, when the heap nears its
-// limit. Rather than let V8 abort the process, stop the run and give the
-// heap room to unwind; the run reports CDN_ENOMEM.
+// limit, or when one allocation would not fit under it. Rather than let V8
+// abort the process, stop the run and give the heap room to finish: past
+// what it really uses (which can already exceed the limit), room for V8's
+// largest object. The run reports CDN_ENOMEM.
 static size_t NearHeapLimit(void* data, size_t current, size_t initial) {
   auto* iso = static_cast<cdn_engine_isolate_t*>(data);
+  (void)initial;
   iso->out_of_memory.store(true);
   iso->isolate->TerminateExecution();
-  return current + std::max<size_t>(initial / 2, 16u << 20);
+  v8::HeapStatistics hs;
+  iso->isolate->GetHeapStatistics(&hs);
+  return std::max(current, hs.used_heap_size()) + kLimitHeadroom;
+}
+
+// After each full collection: memory V8's limit does not see (WebAssembly
+// memories, large young objects) stops the run too.
+static void AfterFullGc(Isolate* isolate, v8::GCType type,
+                        v8::GCCallbackFlags flags, void* data) {
+  auto* iso = static_cast<cdn_engine_isolate_t*>(data);
+  (void)type;
+  (void)flags;
+  if (iso->recovering || !OverLimit(iso)) return;
+  iso->out_of_memory.store(true);
+  isolate->TerminateExecution();
+}
+
+// eval and new Function in sandbox contexts (which are made with code
+// generation from strings off, so that V8 asks here): a source longer than
+// a 32nd of the memory limit is refused with V8's EvalError. Parsing costs
+// memory outside the heap, many times the source's size, that no limit
+// sees (a 100 MB eval took 1.6 GB).
+static v8::ModifyCodeGenerationFromStringsResult CodeFromStrings(
+    Local<v8::Context> context, Local<v8::Value> source, bool is_code_like) {
+  (void)is_code_like;
+  auto* iso =
+      static_cast<cdn_engine_isolate_t*>(context->GetIsolate()->GetData(0));
+  v8::ModifyCodeGenerationFromStringsResult result;
+  result.codegen_allowed =
+      !source->IsString() || iso->memory_limit == SIZE_MAX ||
+      static_cast<size_t>(source.As<v8::String>()->Length()) <=
+          iso->memory_limit / 32;
+  return result;
+}
+
+bool OverLimit(cdn_engine_isolate_t* iso) {
+  if (iso->memory_limit == SIZE_MAX) return false;
+  v8::HeapStatistics hs;
+  iso->isolate->GetHeapStatistics(&hs);
+  return hs.used_heap_size() > iso->memory_limit ||
+         hs.external_memory() > iso->memory_limit + kSmallBacking * 64;
+}
+
+void RecoverFromLimit(cdn_engine_isolate_t* iso) {
+  iso->recovering = true;
+  iso->isolate->LowMemoryNotification();
+  iso->recovering = false;
+  if (OverLimit(iso)) return;  // kept raised: the host closes the isolate
+  iso->isolate->RemoveNearHeapLimitCallback(NearHeapLimit, iso->heap_limit);
+  iso->isolate->AddNearHeapLimitCallback(NearHeapLimit, iso);
 }
 
 bool LimitedAllocator::Reserve(size_t length) {
   size_t used = used_.load(std::memory_order_relaxed);
   do {
-    if (length > limit_ - std::min(used, limit_)) {
+    if (length > limit_ - std::min(used, limit_) && length <= kSmallBacking) {
+      // Granted past the limit (V8 cannot take a refusal of some small
+      // ones), but the run stops: a loop of them cannot go far.
+      iso_->out_of_memory.store(true);
+      iso_->isolate->TerminateExecution();
+    } else if (length > limit_ - std::min(used, limit_)) {
       // Over the limit: refuse. V8 collects garbage and asks again (three
       // tries in all) before it throws a RangeError; once refused that
       // often, stop the run (on its own thread, the one allocating) so that
@@ -171,11 +228,6 @@ void CancelTermination(cdn_engine_isolate_t* iso) {
     isolate->PerformMicrotaskCheckpoint();
   }
   isolate->CancelTerminateExecution();
-}
-
-void RestoreHeapLimit(cdn_engine_isolate_t* iso) {
-  iso->isolate->RemoveNearHeapLimitCallback(NearHeapLimit, iso->heap_limit);
-  iso->isolate->AddNearHeapLimitCallback(NearHeapLimit, iso);
 }
 
 }  // namespace cordon
@@ -231,6 +283,7 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
   iso->hooks = *hooks;
   size_t limit =
       opts->memory_limit_mb > 0 ? opts->memory_limit_mb << 20 : SIZE_MAX;
+  iso->memory_limit = limit;
   iso->allocator = std::make_unique<cordon::LimitedAllocator>(iso, limit);
   iso->tasks = std::make_shared<cordon::TaskQueue>(*hooks);
   iso->delegate = std::make_unique<cordon::PlatformDelegate>(iso->tasks);
@@ -254,6 +307,10 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
     // cordon runs the microtask checkpoint itself, inside the armed deadline.
     isolate->SetMicrotasksPolicy(v8::MicrotasksPolicy::kExplicit);
     isolate->AddNearHeapLimitCallback(cordon::NearHeapLimit, iso);
+    isolate->AddGCEpilogueCallback(cordon::AfterFullGc, iso,
+                                   v8::kGCTypeMarkSweepCompact);
+    isolate->SetModifyCodeGenerationFromStringsCallback(
+        cordon::CodeFromStrings);
     Local<v8::Context> internal = v8::Context::New(isolate);
     iso->internal_context.Reset(isolate, internal);
     cordon::InitImports(iso, internal);
@@ -367,7 +424,7 @@ extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,
   iso->buffer_refused.store(false);
   if (iso->out_of_memory.exchange(false)) {
     cordon::CancelTermination(iso);
-    cordon::RestoreHeapLimit(iso);
+    cordon::RecoverFromLimit(iso);
     err = CDN_ENOMEM;
   }
   return err;

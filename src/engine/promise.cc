@@ -280,6 +280,10 @@ extern "C" cdn_ref_kind cdn_engine_ref_kind(void* ref) {
   return static_cast<cordon::OutRef*>(static_cast<cordon::Record*>(ref))->kind;
 }
 
+extern "C" size_t cdn_engine_ref_cost(void* ref) {
+  return static_cast<cordon::Record*>(ref)->cost;
+}
+
 extern "C" void cdn_engine_ref_release(void* ref) {
   auto* rec = static_cast<cordon::Record*>(ref);
   rec->iso()->tasks->PostRelease(rec);
