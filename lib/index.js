@@ -313,13 +313,14 @@ function invokeHost(fn, context, encodedArgs) {
   }
 }
 
-// The wrapper holds its context weakly: it lives in the sandbox heap's
-// reach (through the sandbox function that calls it), and a strong edge
-// back to the host Context would close a cycle through both heaps that
-// neither collector can see.
+// The wrapper does not hold its context: it lives in the sandbox heap's
+// reach (through the sandbox function that calls it), and an edge back to
+// the host Context would close a cycle through both heaps that neither
+// collector can see; a WeakRef would keep the Context alive until the
+// host's current job ends. The native layer hands it in with each call
+// (undefined once the Context is gone).
 function encodeIn(context, value) {
-  const ref = context === null ? null : new WeakRef(context);
-  return marshal.encode(value, (fn) => (args) => invokeHost(fn, ref?.deref() ?? null, args));
+  return marshal.encode(value, (fn) => (args, ctx) => invokeHost(fn, ctx ?? null, args));
 }
 
 function decodeIn(context, result) {

@@ -396,11 +396,13 @@ static napi_status iso__answer(napi_env env, cdn_env_t* cenv, napi_value ret,
 /* Host thread: call a host function for the sandbox. The function is
  * lib/'s wrapper: it decodes the arguments, calls the user's function and
  * encodes what it returned or threw. */
-static void iso__call_host(iso_t* iso, iso_token_t* cb, const cdn_value_t* args,
+static void iso__call_host(iso_t* iso, iso_token_t* cb,
+                           void* const* context_host, const cdn_value_t* args,
                            cdn_value_t* result) {
   napi_env env = iso->env->env;
   napi_handle_scope scope;
-  napi_value fn, argv[1], global, ret;
+  napi_value fn, argv[2], global, ret;
+  ctx_t* ctx = context_host != NULL ? *context_host : NULL;
   napi_status st;
 
   memset(result, 0, sizeof(*result));
@@ -413,8 +415,15 @@ static void iso__call_host(iso_t* iso, iso_token_t* cb, const cdn_value_t* args,
   if (st == napi_ok) st = napi_get_reference_value(env, cb->ref, &fn);
   if (st == napi_ok)
     st = fn_value_to_napi(env, iso, (cdn_value_t*)args, &argv[0]);
+  /* Its context, as lib's Context (held weakly here, not by the wrapper:
+   * a JS WeakRef would keep it alive until the host's job ends, so that
+   * a synchronous loop making contexts would keep every one). */
+  if (st == napi_ok) st = napi_get_undefined(env, &argv[1]);
+  if (st == napi_ok && ctx != NULL && ctx->self != NULL)
+    st = napi_get_reference_value(env, ctx->self, &argv[1]);
+  if (st == napi_ok && argv[1] == NULL) st = napi_get_undefined(env, &argv[1]);
   if (st == napi_ok) st = napi_get_global(env, &global);
-  if (st == napi_ok) st = napi_call_function(env, global, fn, 1, argv, &ret);
+  if (st == napi_ok) st = napi_call_function(env, global, fn, 2, argv, &ret);
   if (st == napi_ok) st = iso__answer(env, iso->env, ret, result);
   if (st != napi_ok) {
     /* lib's wrapper catches everything, so this is the host itself
@@ -442,6 +451,7 @@ typedef struct {
   cdn_value_t* result;
   cdn_engine_resolver_t* resolver;
   cdn_import_t* request;
+  void* const* context_host; /* a call's: where its context's ctx_t is */
 } iso_hop_t;
 
 /* Host thread: the hops below run with the job's context active (the
@@ -449,7 +459,7 @@ typedef struct {
 static void iso__call_hop(void* p) {
   iso_hop_t* h = p;
   iso__job_scope(h->iso->env, h->iso->job);
-  iso__call_host(h->iso, h->token, h->args, h->result);
+  iso__call_host(h->iso, h->token, h->context_host, h->args, h->result);
   iso__job_scope(h->iso->env, NULL);
 }
 
@@ -475,12 +485,12 @@ static void iso__adopt_cancel(void* p) {
 /* Hook, on the lock holder's thread, inside a run. On the host thread the
  * callback's time is counted apart, for cpuTime and cpuTimeout; a runner
  * thread only waits (no CPU of its own) while the host runs it. */
-static void iso__call(void* data, void* cbp, const cdn_value_t* args,
-                      cdn_value_t* result) {
+static void iso__call(void* data, void* cbp, void* const* context_host,
+                      const cdn_value_t* args, cdn_value_t* result) {
   iso_t* iso = data;
   uint64_t t0, c0 = 0;
   if (iso__load(&iso->owner) == ISO_RUNNER) {
-    iso_hop_t h = {iso, cbp, args, result, NULL, NULL};
+    iso_hop_t h = {iso, cbp, args, result, NULL, NULL, context_host};
     run_ask(iso, iso__call_hop, iso__call_cancel, &h);
     return;
   }
@@ -490,7 +500,7 @@ static void iso__call(void* data, void* cbp, const cdn_value_t* args,
     /* Until it returns, the watchdog counts CPU time only up to here. */
     __atomic_store_n(&iso->cb_cpu_mark, c0, __ATOMIC_RELAXED);
   }
-  iso__call_host(iso, cbp, args, result);
+  iso__call_host(iso, cbp, context_host, args, result);
   if (c0 != 0) {
     iso__add(&iso->cb_cpu_ns, wd_thread_cpu_ns() - c0);
     __atomic_store_n(&iso->cb_cpu_mark, 0, __ATOMIC_RELAXED);
@@ -527,7 +537,7 @@ static void iso__import_hop(void* p) {
 static void iso__import(void* data, cdn_import_t* req) {
   iso_t* iso = data;
   if (iso__load(&iso->owner) == ISO_RUNNER) {
-    iso_hop_t h = {iso, NULL, NULL, NULL, NULL, req};
+    iso_hop_t h = {iso, NULL, NULL, NULL, NULL, req, NULL};
     run_ask(iso, iso__import_hop, iso__import_cancel, &h);
     return;
   }
@@ -546,7 +556,7 @@ static void iso__adopt(void* data, void* token,
                        cdn_engine_resolver_t* resolver) {
   iso_t* iso = data;
   if (iso__load(&iso->owner) == ISO_RUNNER) {
-    iso_hop_t h = {iso, token, NULL, NULL, resolver, NULL};
+    iso_hop_t h = {iso, token, NULL, NULL, resolver, NULL, NULL};
     run_ask(iso, iso__adopt_hop, iso__adopt_cancel, &h);
     return;
   }

@@ -104,7 +104,8 @@ void CallHost(const FunctionCallbackInfo<Value>& info) {
   cdn_value_t result{};
   {
     HostScope host(iso);
-    iso->hooks.call(iso->hooks.data, rec->cb, &args, &result);
+    iso->hooks.call(iso->hooks.data, rec->cb, &rec->link->rec->host, &args,
+                    &result);
   }
   cdn_value_free(&args);
   if (isolate->IsExecutionTerminating() || rec->link->rec == nullptr) {
@@ -403,27 +404,42 @@ extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
   TryCatch& try_catch = entry.try_catch;
   *err = cdn_value_t{};
   *cache = cdn_cache_result_t{};
-  Local<v8::Symbol> symbol;
-  SourceText text(isolate, src,
-                  cordon::NewImportOptions(isolate, src, &symbol));
-  Local<v8::UnboundScript> script;
-  if (!ScriptCompiler::CompileUnboundScript(isolate, text.source(),
-                                            text.options())
-           .ToLocal(&script)) {
-    cordon::ReleaseImportTokens(iso, src);
-    return cordon::Status(
-        iso, cordon::ExceptionToHost(isolate, context, &try_catch, true, err));
+  ScriptRecord* rec;
+  {
+    // Its own scope: once it closes, the source and the compiled script
+    // are held by the record alone, so that a collection can tell whether
+    // the script fits under the limit.
+    HandleScope inner(isolate);
+    Local<v8::Symbol> symbol;
+    SourceText text(isolate, src,
+                    cordon::NewImportOptions(isolate, src, &symbol));
+    Local<v8::UnboundScript> script;
+    if (!ScriptCompiler::CompileUnboundScript(isolate, text.source(),
+                                              text.options())
+             .ToLocal(&script)) {
+      cordon::ReleaseImportTokens(iso, src);
+      return cordon::Status(iso, cordon::ExceptionToHost(
+                                     isolate, context, &try_catch, true, err));
+    }
+    cordon::AttachImport(iso, symbol, src, CDN_REFERRER_SCRIPT, Local<Value>(),
+                         script, Local<v8::Module>(), nullptr);
+    text.Report(cache);
+    if (src->produce_cached_data) {
+      cordon::TakeCache(ScriptCompiler::CreateCodeCache(script), &cache->cache,
+                        &cache->cache_len);
+    }
+    rec = new ScriptRecord(iso);
+    rec->script.Reset(isolate, script);
+    rec->cost = cordon::kFunctionCost + src->code_len * 4;
   }
-  cordon::AttachImport(iso, symbol, src, CDN_REFERRER_SCRIPT, Local<Value>(),
-                       script, Local<v8::Module>(), nullptr);
-  text.Report(cache);
-  if (src->produce_cached_data) {
-    cordon::TakeCache(ScriptCompiler::CreateCodeCache(script), &cache->cache,
-                      &cache->cache_len);
+  // A source or script past the limit: dropped, then the status of a
+  // memory stop (the collection in Status frees it).
+  if (iso->out_of_memory.load() || cordon::OverLimit(iso)) {
+    delete rec;
+    cdn_cache_result_free(cache);
+    iso->out_of_memory.store(true);
+    return cordon::Status(iso, CDN_ETERMINATED);
   }
-  auto* rec = new ScriptRecord(iso);
-  rec->script.Reset(isolate, script);
-  rec->cost = cordon::kFunctionCost + src->code_len * 4;
   *out = reinterpret_cast<cdn_engine_script_t*>(rec);
   return CDN_OK;
 }

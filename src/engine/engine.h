@@ -140,10 +140,13 @@ typedef struct {
    * array). Called on the thread that holds the isolate lock: the host's
    * thread for a sync run (with the host isolate entered), or a runner
    * thread for an async one (the host isolate is not entered; the hook
-   * must get the host's thread to do the work and wait for it). Fills
+   * must get the host's thread to do the work and wait for it).
+   * `*context_host` is the host pointer of the callback's context (NULL
+   * once it has none): read it on the host thread, where it is cleared
+   * (the record stays while the call waits). Fills
    * `result` with a value, or a CDN_VAL_ERROR to throw in the sandbox. */
-  void (*call)(void* data, void* cb, const cdn_value_t* args,
-               cdn_value_t* result);
+  void (*call)(void* data, void* cb, void* const* context_host,
+               const cdn_value_t* args, cdn_value_t* result);
   /* Release a host reference (a callback, a host promise token, or a
    * promise watch token). Called on the thread that holds the lock (or
    * disposes the isolate); the hook queues it for the host's thread when

@@ -1,9 +1,10 @@
 // value.cc: values across the isolate boundary.
 //
 // Primitives cross as C values; everything else as bytes in V8's
-// serialisation format. ArrayBufferViews are written as host objects in the
-// layout Node's v8.Serializer uses (type index, byte length, raw bytes), so
-// the host side reads and writes them with v8.serialize()/v8.deserialize().
+// serialisation format. Into the sandbox, ArrayBufferViews arrive as host
+// objects in the layout Node's v8.Serializer writes (type index, byte
+// length, raw bytes); out of it they are written natively, so that a
+// buffer shared by many views is copied once.
 //
 // Functions travel as references: host objects of type kFunctionRef (13)
 // holding an index into the value's refs. Out of the sandbox, V8's
@@ -100,7 +101,9 @@ class Serializer final : public v8::ValueSerializer::Delegate {
  public:
   explicit Serializer(Isolate* isolate)
       : isolate_(isolate), ser_(isolate, this) {
-    ser_.SetTreatArrayBufferViewsAsHostObjects(true);
+    // Views are written natively, after the buffer they view, which is
+    // written once however many views share it (as structured clone
+    // does): written as host objects, each would copy its own bytes.
   }
 
   v8::ValueSerializer* ser() {
@@ -144,49 +147,9 @@ class Serializer final : public v8::ValueSerializer::Delegate {
       ser_.WriteUint32(tag >> 1);
       return v8::Just(true);
     }
-    if (!object->IsArrayBufferView()) {
-      ThrowDataCloneError(String::NewFromUtf8Literal(
-          isolate, "a host object could not be cloned"));
-      return v8::Nothing<bool>();
-    }
-    Local<v8::ArrayBufferView> view = object.As<v8::ArrayBufferView>();
-    uint32_t type = kDataView;
-    if (view->IsInt8Array())
-      type = kInt8;
-    else if (view->IsUint8Array())
-      type = kUint8;
-    else if (view->IsUint8ClampedArray())
-      type = kUint8Clamped;
-    else if (view->IsInt16Array())
-      type = kInt16;
-    else if (view->IsUint16Array())
-      type = kUint16;
-    else if (view->IsInt32Array())
-      type = kInt32;
-    else if (view->IsUint32Array())
-      type = kUint32;
-    else if (view->IsFloat32Array())
-      type = kFloat32;
-    else if (view->IsFloat64Array())
-      type = kFloat64;
-    else if (view->IsBigInt64Array())
-      type = kBigInt64;
-    else if (view->IsBigUint64Array())
-      type = kBigUint64;
-    size_t length = view->ByteLength();
-    if (length > UINT32_MAX) {
-      ThrowDataCloneError(String::NewFromUtf8Literal(
-          isolate, "a typed array over 4 GiB could not be cloned"));
-      return v8::Nothing<bool>();
-    }
-    ser_.WriteUint32(type);
-    ser_.WriteUint32(static_cast<uint32_t>(length));
-    if (length > 0) {
-      std::string copy(length, '\0');
-      view->CopyContents(&copy[0], length);
-      ser_.WriteRawBytes(copy.data(), length);
-    }
-    return v8::Just(true);
+    ThrowDataCloneError(String::NewFromUtf8Literal(
+        isolate, "a host object could not be cloned"));
+    return v8::Nothing<bool>();
   }
 
   void* ReallocateBufferMemory(void* old, size_t size,

@@ -1,0 +1,58 @@
+'use strict';
+
+// Memory bombs for test/memory-bombs.test.js, run by bomb-child.js in a
+// child process: each is sandbox code (or, for `host`, host calls) that
+// would take more than any memory limit. `fits` marks the ones V8 makes as
+// a single object that the run may briefly hold past its limit (see
+// docs/design.md, "Memory limits"): they either stop or finish.
+const wasmModule = (pages) => [
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+  0x05, 0x03, 0x01, 0x00, pages & 0x7f, // memory section: one memory of `pages` (<128) pages
+  0x07, 0x07, 0x01, 0x03, 0x6d, 0x65, 0x6d, 0x02, 0x00, // export "mem"
+];
+
+const bombs = {
+  // Growth in small pieces.
+  push: 'const a = []; for (;;) a.push(1)',
+  pushObjects: 'const a = []; for (;;) a.push({ n: a.length })',
+  doubles: 'const a = []; for (let i = 0; ; i++) a.push(i + 0.5)',
+  map: 'const m = new Map(); for (let i = 0; ; i++) m.set(i, i)',
+  set: 'const s = new Set(); for (let i = 0; ; i++) s.add(i * 1.5)',
+  keys: 'const o = {}; for (let i = 0; ; i++) o["k" + i] = i',
+  strings: 'const a = []; for (;;) a.push("x".repeat(1e4) + Math.random())',
+  chunks: 'const a = []; for (;;) a.push(new Array(1e6).fill(1.5))',
+  // Huge steps.
+  concat: 'let a = [1]; for (;;) a = a.concat(a)',
+  replaceAll: "let s = 'a'.repeat(1e6); for (;;) s = s.replaceAll('a', 'aa')",
+  sort: 'Array.from({ length: 3e7 }, (_, i) => i).sort((a, b) => b - a).length',
+  split: "'a'.repeat(1e8).split('').length",
+  json: "JSON.parse('[' + '1,'.repeat(5e7) + '1]').length",
+  eval: "eval('[' + '1,'.repeat(5e7) + ']').length",
+  arrayFrom: 'Array.from({ length: 3e7 }).length',
+  // Memory outside the heap.
+  buffers: 'const a = []; for (;;) a.push(new ArrayBuffer(1 << 20))',
+  hugeBuffer: 'new ArrayBuffer(2 ** 32).byteLength',
+  afterBuffers: 'const a = []; try { for (;;) a.push(new ArrayBuffer(1 << 20)) } catch {} new Uint8Array([1, 2, 3]).buffer.byteLength',
+  afterBuffersWasm: `const a = []; try { for (;;) a.push(new ArrayBuffer(1 << 20)) } catch {}
+    WebAssembly.compile(new Uint8Array([${wasmModule(1)}]))`,
+  wasmMemories: 'const a = []; for (;;) a.push(new WebAssembly.Memory({ initial: 1000 }))',
+  wasmGrow: 'const m = new WebAssembly.Memory({ initial: 1, maximum: 65536 }); for (;;) { m.grow(1000); new Uint8Array(m.buffer).fill(1) }',
+  wasmModules: `const a = []; for (;;) a.push(new WebAssembly.Instance(new WebAssembly.Module(new Uint8Array([${wasmModule(100)}]))))`,
+};
+
+// Host-side patterns: what the host asks for, past the limit.
+const host = {
+  contexts: (cordon, iso) => {
+    const keep = [];
+    for (;;) keep.push(iso.createContext());
+  },
+  bigScripts: (cordon, iso) => {
+    const code = `'${'x'.repeat(100 << 20)}'.length`;
+    const a = iso.compileScript(code);
+    const b = iso.compileScript(code);
+    iso.createContext();
+    return [a, b];
+  },
+};
+
+module.exports = { bombs, host, fits: new Set(['sort', 'split', 'json', 'arrayFrom']) };
