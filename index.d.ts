@@ -257,6 +257,11 @@ export class TimeoutError extends Error {
 /** The sandbox exceeded its memory limit. code: 'ERR_MEMORY_LIMIT'. */
 export class MemoryLimitError extends RangeError {
   readonly code: 'ERR_MEMORY_LIMIT';
+  /**
+   * True when the sandbox still held more than its limit after a full
+   * collection (a global kept what it allocated): the isolate was disposed.
+   */
+  isolateDisposed: boolean;
 }
 
 /** The isolate or context was disposed. code: 'ERR_ISOLATE_DISPOSED'. */

@@ -226,7 +226,7 @@ describe('import() lifetimes', () => {
   // else collects there), both shapes at once. The handles report the
   // sandbox memory they hold to the host's collector and release it from
   // its (synchronous) finalizers. CORDON_SEED_ITERATIONS lets CI run fewer
-  // on the lines after the first (the same paths, a fifth of the time).
+  // on the lines after the first (the same paths, fewer times).
   it('should keep seed 000\'s loop flat with no explicit GC, in one context and with a new context per call', async function () {
     this.timeout(900000);
     const iterations = Number(process.env.CORDON_SEED_ITERATIONS) || (process.env.CORDON_ASAN === '1' ? 1000 : 10000);

@@ -205,6 +205,7 @@ int RunBound(Isolate* isolate, Local<Context> context, TryCatch* try_catch,
 // memory only a collection measures): each way it reports the memory
 // limit, and `out` (when the run made a value) is dropped.
 int Status(cdn_engine_isolate_t* iso, int err, cdn_value_t* out = nullptr) {
+  SettleLimit(iso);
   bool refused = iso->buffer_refused.exchange(false);
   bool oom = iso->out_of_memory.exchange(false);
   // A run may leave more than the limit without V8 noticing: one large
@@ -354,6 +355,7 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
       return e == CDN_EEXCEPTION ? CDN_ECLONE : e;
     }
   }
+  cordon::SettleLimit(iso);
   if (iso->out_of_memory.load()) {  // made, but past the limit
     delete rec;
     return cordon::Status(iso, CDN_ETERMINATED);
@@ -434,6 +436,7 @@ extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
   }
   // A source or script past the limit: dropped, then the status of a
   // memory stop (the collection in Status frees it).
+  cordon::SettleLimit(iso);
   if (iso->out_of_memory.load() || cordon::OverLimit(iso)) {
     delete rec;
     cdn_cache_result_free(cache);

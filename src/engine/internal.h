@@ -249,6 +249,7 @@ struct cdn_engine_isolate_s {
   size_t heap_limit = 0;    // V8's heap limit as configured
   size_t memory_limit = 0;  // the user's, in bytes (SIZE_MAX: none)
   bool recovering = false;  // our own collection: AfterFullGc stays quiet
+  std::atomic<bool> limit_hit{false};  // NearHeapLimit ran, not yet checked
 
   // A context user code never runs in: compiles unbound scripts.
   v8::Global<v8::Context> internal_context;
@@ -544,6 +545,10 @@ void CancelTermination(cdn_engine_isolate_t* iso);
 // Whether the sandbox holds more than its limit: heap, or ArrayBuffer and
 // WebAssembly memory (V8's external memory). On the isolate's thread.
 bool OverLimit(cdn_engine_isolate_t* iso);
+// If the heap reached V8's limit during the call and the check has not
+// run yet (no stack check since): collect thoroughly, and mark the call
+// out of memory if the sandbox is still over its limit.
+void SettleLimit(cdn_engine_isolate_t* iso);
 // After a memory stop: collect, then put V8's heap limit back to the
 // isolate's own when what is left fits (no ratchet); otherwise leave it
 // raised, so that no later collection aborts the process, and let the

@@ -116,11 +116,23 @@ void TaskQueue::Close(std::vector<Record*>* releases) {
 // abort the process, stop the run and give the heap room to finish: past
 // what it really uses (which can already exceed the limit), room for V8's
 // largest object. The run reports CDN_ENOMEM.
+//
+// The run is not stopped at once: the collection V8 made before calling
+// may have left what a thorough one frees (disposed contexts, weak caches;
+// Node 24's V8 keeps more of them), so the check waits for the next stack
+// check (CheckLimit), or the end of the call (SettleLimit). A second call
+// before that (a builtin that does not check) stops the run.
+static void CheckLimit(Isolate* isolate, void* data);
+
 static size_t NearHeapLimit(void* data, size_t current, size_t initial) {
   auto* iso = static_cast<cdn_engine_isolate_t*>(data);
   (void)initial;
-  iso->out_of_memory.store(true);
-  iso->isolate->TerminateExecution();
+  if (!iso->limit_hit.exchange(true)) {
+    iso->isolate->RequestInterrupt(CheckLimit, iso);
+  } else {
+    iso->out_of_memory.store(true);
+    iso->isolate->TerminateExecution();
+  }
   v8::HeapStatistics hs;
   iso->isolate->GetHeapStatistics(&hs);
   return std::max(current, hs.used_heap_size()) + kLimitHeadroom;
@@ -156,6 +168,26 @@ static v8::ModifyCodeGenerationFromStringsResult CodeFromStrings(
   return result;
 }
 
+static void CheckLimit(Isolate* isolate, void* data) {
+  (void)isolate;
+  SettleLimit(static_cast<cdn_engine_isolate_t*>(data));
+}
+
+void SettleLimit(cdn_engine_isolate_t* iso) {
+  if (!iso->limit_hit.exchange(false)) return;
+  iso->recovering = true;
+  iso->isolate->LowMemoryNotification();
+  iso->recovering = false;
+  if (OverLimit(iso)) {
+    iso->out_of_memory.store(true);
+    iso->isolate->TerminateExecution();
+    return;
+  }
+  // It fits again: V8's limit goes back down, and the run goes on.
+  iso->isolate->RemoveNearHeapLimitCallback(NearHeapLimit, iso->heap_limit);
+  iso->isolate->AddNearHeapLimitCallback(NearHeapLimit, iso);
+}
+
 bool OverLimit(cdn_engine_isolate_t* iso) {
   if (iso->memory_limit == SIZE_MAX) return false;
   v8::HeapStatistics hs;
@@ -165,6 +197,7 @@ bool OverLimit(cdn_engine_isolate_t* iso) {
 }
 
 void RecoverFromLimit(cdn_engine_isolate_t* iso) {
+  iso->limit_hit.store(false);
   iso->recovering = true;
   iso->isolate->LowMemoryNotification();
   iso->recovering = false;
@@ -421,6 +454,7 @@ extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,
   }
   // A task stopped for memory: cancel that termination and put the heap
   // limit back, as after a run.
+  cordon::SettleLimit(iso);
   iso->buffer_refused.store(false);
   if (iso->out_of_memory.exchange(false)) {
     cordon::CancelTermination(iso);
