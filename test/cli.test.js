@@ -44,6 +44,12 @@ describe('bin/cordon', () => {
     const r = cli('-e', 'const a = []; for (;;) a.push(new Array(1e5).fill(1))', '-m', '16');
     assert.equal(r.status, 4, r.stderr);
     assert.match(r.stderr, /memory limit/);
+    // One line at the default limit, and one huge step (V8 would end the
+    // process with its fatal out-of-memory error: exit 133).
+    for (const code of ['const a = []; for (;;) a.push(1)', 'new Array(2e7).fill(1.5).length + new Array(2e7).fill(2.5).length']) {
+      const big = cli('-e', code, '-m', code.includes('fill') ? '32' : '128');
+      assert.equal(big.status, 4, `${code}: ${big.stderr}`);
+    }
   });
 
   it('should exit 2 on bad usage', () => {

@@ -49,6 +49,30 @@ describe('memory limits', () => {
     }
   });
 
+  it('should keep the live heap under the limit after each of repeated stops (no ratchet)', function () {
+    this.timeout(120000);
+    const limit = 32 << 20;
+    const iso = new cordon.Isolate({ memoryLimitMB: 32 });
+    try {
+      const ctx = iso.createContext();
+      // A third of the limit kept in a global: what a stop leaves that must
+      // stay (a packed array of doubles, 12 MB).
+      ctx.evaluate('globalThis.kept = []; for (let i = 0; i < 1.5e6; i++) kept.push(1.5)');
+      for (let i = 0; i < 6; i++) {
+        const bomb = ['(() => { const a = []; for (;;) a.push({ i: a.length }) })()',
+          '(() => { let a = [1]; for (;;) a = a.concat(a) })()',
+          '(() => { const a = []; for (;;) a.push(new ArrayBuffer(1 << 20)) })()'][i % 3];
+        assert.throws(() => ctx.evaluate(bomb), (e) => e.code === 'ERR_MEMORY_LIMIT' && e.isolateDisposed === false);
+        const stats = iso.getHeapStatistics();
+        assert.ok(stats.usedHeapSize <= limit, `stop ${i}: live heap ${stats.usedHeapSize}`);
+        assert.ok(stats.heapSizeLimit < Math.max(limit * 1.25, stats.usedHeapSize + (16 << 20)), `stop ${i}: V8 limit ${stats.heapSizeLimit}`);
+        assert.equal(ctx.evaluate('kept.length'), 1.5e6);
+      }
+    } finally {
+      iso.dispose();
+    }
+  });
+
   it('should report a memory failure, not a timeout, when both are armed', function () {
     this.timeout(60000);
     const iso = new cordon.Isolate({ memoryLimitMB: 16 });

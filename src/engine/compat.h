@@ -247,6 +247,15 @@ inline void DisposeIsolate(node::MultiIsolatePlatform* platform,
 #endif
 }
 
+// Memory outside the heap that the sandbox's collector should feel. V8 13
+// (Node 24) marks AdjustAmountOfExternalAllocatedMemory deprecated soon in
+// favour of ExternalMemoryAccounter, an object per owner; it is still there
+// on every line we support, and one counter suits records made and freed
+// under the lock.
+inline void AdjustExternal(v8::Isolate* isolate, int64_t bytes) {
+  isolate->AdjustAmountOfExternalAllocatedMemory(bytes);
+}
+
 }  // namespace cordon
 
 #endif  // CORDON_ENGINE_COMPAT_H_

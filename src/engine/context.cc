@@ -59,7 +59,15 @@ FunctionRecord::~FunctionRecord() {
   iso()->functions--;
 }
 
+CallbackRecord::CallbackRecord(cdn_engine_isolate_t* iso, void* host_cb,
+                               std::shared_ptr<ContextLink> l)
+    : Record(iso), cb(host_cb), link(std::move(l)) {
+  iso->callbacks++;
+  AdjustExternal(iso->isolate, kHostCost);
+}
+
 CallbackRecord::~CallbackRecord() {
+  AdjustExternal(iso()->isolate, -kHostCost);
   fn.Reset();
   if (cb != nullptr) iso()->hooks.release(iso()->hooks.data, cb);
   if (link->rec != nullptr) link->rec->callbacks.erase(this);
@@ -206,6 +214,13 @@ int RunBound(Isolate* isolate, Local<Context> context, TryCatch* try_catch,
 // limit, and `out` (when the run made a value) is dropped.
 int Status(cdn_engine_isolate_t* iso, int err, cdn_value_t* out = nullptr) {
   SettleLimit(iso);
+  if (iso->over_limit) {  // (a stop in a task drain left it so)
+    iso->out_of_memory.store(false);
+    iso->buffer_refused.store(false);
+    CancelTermination(iso);
+    cdn_value_free(out);
+    return CDN_ENOMEM;
+  }
   bool refused = iso->buffer_refused.exchange(false);
   bool oom = iso->out_of_memory.exchange(false);
   // A run may leave more than the limit without V8 noticing: one large
@@ -356,7 +371,7 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
     }
   }
   cordon::SettleLimit(iso);
-  if (iso->out_of_memory.load()) {  // made, but past the limit
+  if (iso->out_of_memory.load() || iso->over_limit) {  // made, past the limit
     delete rec;
     return cordon::Status(iso, CDN_ETERMINATED);
   }
@@ -437,7 +452,7 @@ extern "C" int cdn_engine_script_new(cdn_engine_isolate_t* iso,
   // A source or script past the limit: dropped, then the status of a
   // memory stop (the collection in Status frees it).
   cordon::SettleLimit(iso);
-  if (iso->out_of_memory.load() || cordon::OverLimit(iso)) {
+  if (iso->out_of_memory.load() || iso->over_limit || cordon::OverLimit(iso)) {
     delete rec;
     cdn_cache_result_free(cache);
     iso->out_of_memory.store(true);

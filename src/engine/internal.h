@@ -250,6 +250,9 @@ struct cdn_engine_isolate_s {
   size_t memory_limit = 0;  // the user's, in bytes (SIZE_MAX: none)
   bool recovering = false;  // our own collection: AfterFullGc stays quiet
   std::atomic<bool> limit_hit{false};  // NearHeapLimit ran, not yet checked
+  // Still over the limit after recovering from a stop (RecoverFromLimit):
+  // the isolate cannot run within its limit again.
+  bool over_limit = false;
 
   // A context user code never runs in: compiles unbound scripts.
   v8::Global<v8::Context> internal_context;
@@ -335,10 +338,10 @@ class FunctionRecord final : public OutRef {
 class CallbackRecord final : public Record {
  public:
   CallbackRecord(cdn_engine_isolate_t* iso, void* host_cb,
-                 std::shared_ptr<ContextLink> l)
-      : Record(iso), cb(host_cb), link(std::move(l)) {
-    iso->callbacks++;
-  }
+                 std::shared_ptr<ContextLink> l);
+  // The host function (and what it closes over) it keeps alive, as the
+  // sandbox's collector is told: a fixed estimate.
+  static constexpr int64_t kHostCost = 1024;
   ~CallbackRecord() override;
 
   void* cb;

@@ -139,15 +139,19 @@ static size_t NearHeapLimit(void* data, size_t current, size_t initial) {
 }
 
 // After each full collection: memory V8's limit does not see (WebAssembly
-// memories, large young objects) stops the run too.
+// memories, large young objects) is checked too, as NearHeapLimit does.
 static void AfterFullGc(Isolate* isolate, v8::GCType type,
                         v8::GCCallbackFlags flags, void* data) {
   auto* iso = static_cast<cdn_engine_isolate_t*>(data);
   (void)type;
   (void)flags;
   if (iso->recovering || !OverLimit(iso)) return;
-  iso->out_of_memory.store(true);
-  isolate->TerminateExecution();
+  if (!iso->limit_hit.exchange(true)) {
+    isolate->RequestInterrupt(CheckLimit, iso);
+  } else {
+    iso->out_of_memory.store(true);
+    isolate->TerminateExecution();
+  }
 }
 
 // eval and new Function in sandbox contexts (which are made with code
@@ -201,7 +205,12 @@ void RecoverFromLimit(cdn_engine_isolate_t* iso) {
   iso->recovering = true;
   iso->isolate->LowMemoryNotification();
   iso->recovering = false;
-  if (OverLimit(iso)) return;  // kept raised: the host closes the isolate
+  if (OverLimit(iso)) {
+    // Kept raised; every later call reports the limit (Status), and the
+    // host closes the isolate when it sees one.
+    iso->over_limit = true;
+    return;
+  }
   iso->isolate->RemoveNearHeapLimitCallback(NearHeapLimit, iso->heap_limit);
   iso->isolate->AddNearHeapLimitCallback(NearHeapLimit, iso);
 }
