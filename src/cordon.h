@@ -23,6 +23,7 @@
  * that needs more than basic calls defers itself (CDN_DEFERRED_FINALIZER).
  * The binaries are per Node line anyway (the engine uses V8's C++ API). */
 #define NAPI_EXPERIMENTAL
+#define NODE_API_EXPERIMENTAL_NO_WARNING /* chosen, for the above */
 #undef NAPI_VERSION /* node_version.h's, the runtime's own, if included */
 #define NAPI_VERSION 2147483647 /* NAPI_VERSION_EXPERIMENTAL */
 #include <node_api.h>

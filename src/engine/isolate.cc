@@ -162,8 +162,9 @@ static void AfterFullGc(Isolate* isolate, v8::GCType type,
 static v8::ModifyCodeGenerationFromStringsResult CodeFromStrings(
     Local<v8::Context> context, Local<v8::Value> source, bool is_code_like) {
   (void)is_code_like;
+  (void)context;  // (Context::GetIsolate is gone in Node 26's V8)
   auto* iso =
-      static_cast<cdn_engine_isolate_t*>(context->GetIsolate()->GetData(0));
+      static_cast<cdn_engine_isolate_t*>(Isolate::GetCurrent()->GetData(0));
   v8::ModifyCodeGenerationFromStringsResult result;
   result.codegen_allowed =
       !source->IsString() || iso->memory_limit == SIZE_MAX ||
