@@ -21,7 +21,8 @@
         "src/engine/import.cc",
         "src/engine/isolate.cc",
         "src/engine/promise.cc",
-        "src/engine/value.cc"
+        "src/engine/value.cc",
+        "src/engine/wasm.cc"
       ],
       "include_dirs": ["src"],
       "defines": ["_GNU_SOURCE"],

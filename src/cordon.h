@@ -126,6 +126,7 @@ struct iso_s {
   int measure_cpu;      /* the outermost run reads the thread's CPU clock */
   iso_job_t* job;       /* the async job its runner runs (holder only) */
   uv_thread_t runner;   /* the runner thread that holds it, if one does */
+  wd_poll_t poll;       /* in the watchdog's poll list, when it asks */
 };
 
 /* An async call: `body` runs on a runner thread with the isolate held;

@@ -117,6 +117,10 @@ static int iso__run(iso_t* iso, int runner, double timeout_ms, double cpu_ms,
         (cdn_engine_has_settled(eng) || cdn_engine_has_rejections(eng)))
       iso_keep_alive(iso);
   }
+  /* Sandbox work in V8's background (async WebAssembly compilation) will
+   * settle a promise: the loop waits for it, as Node's does. */
+  if (!runner && outermost && iso->engine != NULL && cdn_engine_has_async(eng))
+    iso_keep_alive(iso);
   if (cpu_ms > 0 || (outermost && runner)) iso->measure_cpu--;
   if (outermost) {
     uint64_t wall = uv_hrtime() - wall0;
@@ -213,6 +217,7 @@ void iso_after_runner(iso_t* iso) {
   ms = __atomic_exchange_n(&iso->next_task_ms, -1, __ATOMIC_ACQ_REL);
   if (ms >= 0)
     uv_timer_start(&iso->wake->timer, iso__timer_cb, (uint64_t)ms, 0);
+  if (cdn_engine_has_async(iso->engine)) iso_keep_alive(iso);
   if (cdn_engine_has_work(iso->engine)) {
     if (cdn_engine_has_settled(iso->engine) ||
         cdn_engine_has_rejections(iso->engine))
@@ -315,7 +320,7 @@ static void iso__pump(struct iso_wake_s* wake) {
   n = cdn_engine_take_settled(iso->engine, &settled);
   nr = cdn_engine_take_rejections(iso->engine, &rejections);
   cdn_engine_unlock(iso->engine, &lock);
-  uv_unref((uv_handle_t*)&wake->async);
+  if (!cdn_engine_has_async(iso->engine)) uv_unref((uv_handle_t*)&wake->async);
   /* Still raised while delivering: host code that runs may dispose the
    * isolate, which must wait until the batch is delivered. */
   if (n > 0) prm_deliver(iso, settled, n);
@@ -563,6 +568,12 @@ static void iso__adopt(void* data, void* token,
   prm_adopt(iso, token, resolver);
 }
 
+/* Lock holder's thread: the engine asks to be polled (hooks.poll). */
+static void iso__poll(void* data) {
+  iso_t* iso = data;
+  (void)wd_poll_start(&iso->env->wd, &iso->poll, iso->engine);
+}
+
 int iso_new(cdn_env_t* cenv, const cdn_isolate_options_t* opts, iso_t** out) {
   cdn_host_hooks_t hooks;
   iso_t* iso = calloc(1, sizeof(*iso));
@@ -606,6 +617,7 @@ int iso_new(cdn_env_t* cenv, const cdn_isolate_options_t* opts, iso_t** out) {
   hooks.release = iso__release;
   hooks.adopt = iso__adopt;
   hooks.import = iso__import;
+  hooks.poll = iso__poll;
   err = cdn_engine_isolate_new(opts, &hooks, &iso->engine);
   if (err != CDN_OK) {
     if (iso->async != NULL) napi_async_destroy(cenv->env, iso->async);
@@ -641,6 +653,7 @@ void iso_dispose(iso_t* iso) {
   if (run_stop_isolate(iso, &jobs) == CDN_KBUSY) return;
   if (iso->engine != NULL) { /* (host code run while waiting may have) */
     run_forget_results(iso);
+    wd_poll_stop(&iso->env->wd, &iso->poll);
     cdn_engine_isolate_dispose(iso->engine);
     iso->engine = NULL;
     iso__forget(iso);

@@ -24,6 +24,44 @@ static uint64_t wd__cpu_used(wd_entry_t* e) {
   return used > excluded ? used - excluded : 0;
 }
 
+static void wd__run(void* arg);
+
+/* With mu held. */
+static void wd__poll_unlink(wd_t* wd, wd_poll_t* p) {
+  if (!p->listed) return;
+  if (p->prev != NULL)
+    p->prev->next = p->next;
+  else
+    wd->polls = p->next;
+  if (p->next != NULL) p->next->prev = p->prev;
+  p->prev = p->next = NULL;
+  p->listed = 0;
+}
+
+/* With mu held: a round of polls when one is due; the time of the next. */
+static uint64_t wd__poll(wd_t* wd, uint64_t now) {
+  wd_poll_t* p;
+  wd_poll_t* next;
+  if (wd->polls == NULL) return UINT64_MAX;
+  if (wd->next_poll <= now) {
+    for (p = wd->polls; p != NULL; p = next) {
+      next = p->next;
+      if (!cdn_engine_poll(p->iso)) wd__poll_unlink(wd, p);
+    }
+    wd->next_poll = now + (uint64_t)CDN_POLL_INTERVAL_MS * 1000000;
+  }
+  return wd->polls != NULL ? wd->next_poll : UINT64_MAX;
+}
+
+/* With mu held: start the thread on first use. */
+static int wd__start(wd_t* wd) {
+  int err;
+  if (wd->started) return 0;
+  err = uv_thread_create(&wd->thread, wd__run, wd);
+  if (err == 0) wd->started = 1;
+  return err;
+}
+
 /* The watchdog thread. Sleeps until the earliest armed deadline, fires what
  * has passed, and repeats until wd_close(). */
 static void wd__run(void* arg) {
@@ -66,6 +104,10 @@ static void wd__run(void* arg) {
         if (now + wait < next) next = now + wait;
       }
     }
+    {
+      uint64_t poll = wd__poll(wd, now);
+      if (poll < next) next = poll;
+    }
     wd->sleeping_until = next;
     if (next == UINT64_MAX)
       uv_cond_wait(&wd->cv, &wd->mu);
@@ -80,6 +122,8 @@ int wd_init(wd_t* wd) {
   wd->started = 0;
   wd->stopping = 0;
   wd->head = NULL;
+  wd->polls = NULL;
+  wd->next_poll = UINT64_MAX;
   wd->sleeping_until = UINT64_MAX;
   err = uv_mutex_init(&wd->mu);
   if (err) return err;
@@ -131,13 +175,10 @@ int wd_arm(wd_t* wd, wd_entry_t* e, cdn_engine_isolate_t* iso,
     if (now + cpu_ns < due) due = now + cpu_ns;
   }
   uv_mutex_lock(&wd->mu);
-  if (!wd->started) {
-    err = uv_thread_create(&wd->thread, wd__run, wd);
-    if (err) {
-      uv_mutex_unlock(&wd->mu);
-      return err;
-    }
-    wd->started = 1;
+  err = wd__start(wd);
+  if (err) {
+    uv_mutex_unlock(&wd->mu);
+    return err;
   }
   e->next = wd->head;
   if (wd->head != NULL) wd->head->prev = e;
@@ -173,5 +214,36 @@ void wd_refire(wd_t* wd, wd_entry_t* outer) {
       break;
     }
   }
+  uv_mutex_unlock(&wd->mu);
+}
+
+int wd_poll_start(wd_t* wd, wd_poll_t* p, cdn_engine_isolate_t* iso) {
+  int err;
+  uv_mutex_lock(&wd->mu);
+  err = wd__start(wd);
+  if (err == 0 && !p->listed) {
+    p->iso = iso;
+    p->listed = 1;
+    p->prev = NULL;
+    p->next = wd->polls;
+    if (wd->polls != NULL) {
+      wd->polls->prev = p;
+    } else {
+      wd->next_poll = uv_hrtime() + (uint64_t)CDN_POLL_INTERVAL_MS * 1000000;
+    }
+    wd->polls = p;
+    if (wd->next_poll < wd->sleeping_until) {
+      wd->sleeping_until = wd->next_poll;
+      uv_cond_signal(&wd->cv);
+    }
+  }
+  uv_mutex_unlock(&wd->mu);
+  return err;
+}
+
+void wd_poll_stop(wd_t* wd, wd_poll_t* p) {
+  if (!wd->initialized) return;
+  uv_mutex_lock(&wd->mu);
+  wd__poll_unlink(wd, p);
   uv_mutex_unlock(&wd->mu);
 }

@@ -13,6 +13,10 @@
  * keeps). CPU time never runs ahead of wall time, so the thread sleeps for
  * the budget that is left and looks again; at least WD_CPU_POLL_NS apart,
  * so that a run blocked in a host callback costs the watchdog nothing.
+ *
+ * It also polls the isolates that ask for it (wd_poll_t): every
+ * CDN_POLL_INTERVAL_MS it calls cdn_engine_poll() on each, and drops those
+ * for which that returns 0 until they ask again.
  */
 #ifndef CORDON_WATCHDOG_H_
 #define CORDON_WATCHDOG_H_
@@ -51,6 +55,15 @@ struct wd_entry_s {
   wd_entry_t* next;
 };
 
+/* An isolate's place in the poll list (under mu). */
+typedef struct wd_poll_s wd_poll_t;
+struct wd_poll_s {
+  cdn_engine_isolate_t* iso;
+  int listed;
+  wd_poll_t* prev;
+  wd_poll_t* next;
+};
+
 typedef struct {
   uv_mutex_t mu;
   uv_cond_t cv;
@@ -60,10 +73,13 @@ typedef struct {
   int initialized;
   uint64_t sleeping_until; /* the deadline the thread waits for */
   wd_entry_t* head;
+  wd_poll_t* polls;
+  uint64_t next_poll; /* uv_hrtime() of the next round, while polls */
 } wd_t;
 
 int wd_init(wd_t* wd);
-/* Stop and join the thread. Idempotent. No entry may be armed. */
+/* Stop and join the thread. Idempotent. No entry may be armed, and no
+ * isolate polled. */
 void wd_close(wd_t* wd);
 
 /* Any thread. Starts the thread on first use. `timeout_ns` bounds wall
@@ -83,5 +99,12 @@ int wd_disarm(wd_t* wd, wd_entry_t* e);
 /* Any thread, after cancelling a fired entry's termination: terminate its
  * isolate again if `outer` or an entry around it has fired too. */
 void wd_refire(wd_t* wd, wd_entry_t* outer);
+
+/* Any thread: poll `iso` (see above) until cdn_engine_poll returns 0 or
+ * wd_poll_stop. Idempotent while listed. Returns 0 or a uv error. */
+int wd_poll_start(wd_t* wd, wd_poll_t* p, cdn_engine_isolate_t* iso);
+/* Any thread: stop polling; once it returns, cdn_engine_poll is not called
+ * for `p` again (the isolate may be disposed). Idempotent. */
+void wd_poll_stop(wd_t* wd, wd_poll_t* p);
 
 #endif /* CORDON_WATCHDOG_H_ */

@@ -213,6 +213,7 @@ int RunBound(Isolate* isolate, Local<Context> context, TryCatch* try_catch,
 // memory only a collection measures): each way it reports the memory
 // limit, and `out` (when the run made a value) is dropped.
 int Status(cdn_engine_isolate_t* iso, int err, cdn_value_t* out = nullptr) {
+  RefreshWasmMemories(iso);  // (grown in WebAssembly code since the poll)
   SettleLimit(iso);
   if (iso->over_limit) {  // (a stop in a task drain left it so)
     iso->out_of_memory.store(false);
@@ -347,6 +348,14 @@ extern "C" int cdn_engine_context_new(cdn_engine_isolate_t* iso,
   Context::Scope context_scope(context);
   TryCatch try_catch(isolate);
   RemoveExtensionGlobals(isolate, context);
+  if (!cordon::InstallWasmLimits(iso, context)) {
+    cordon::ReleaseRefs(iso, &in);
+    delete rec;
+    if (iso->out_of_memory.load() || cordon::OverLimit(iso))
+      return cordon::Status(iso, CDN_ETERMINATED);
+    cordon::SetError(err, "Error", "could not limit WebAssembly memories");
+    return CDN_EINTERNAL;
+  }
   if (in.kind == CDN_VAL_BYTES) {
     Local<Object> global = context->Global();
     Local<Value> v;

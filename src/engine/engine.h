@@ -159,7 +159,25 @@ typedef struct {
   /* Sandbox code called import(). Called like `call`; the host must not
    * run sandbox code before returning (it answers later). */
   void (*import)(void* data, cdn_import_t* request);
+  /* The isolate asks to have cdn_engine_poll called about every
+   * CDN_POLL_INTERVAL_MS from now on, until that returns 0. Called on the
+   * thread that holds the lock; must only take a short lock. */
+  void (*poll)(void* data);
 } cdn_host_hooks_t;
+
+#define CDN_POLL_INTERVAL_MS 10
+
+/* Any thread, while the isolate lives (the host's watchdog): ask it to
+ * check at its next interrupt what grows unseen (WebAssembly memories
+ * grown from WebAssembly code). Returns 0 when it no longer needs asking:
+ * nothing to check, or the last ask is still unanswered (it is idle); it
+ * asks again (hooks.poll) when it next needs to. */
+int cdn_engine_poll(cdn_engine_isolate_t* iso);
+
+/* Thread-safe: nonzero while the sandbox waits for work V8 does in the
+ * background (an async WebAssembly compilation), which will settle a
+ * promise from a task: the host loop should stay alive for it. */
+int cdn_engine_has_async(cdn_engine_isolate_t* iso);
 
 /* A watched sandbox promise that settled (or was abandoned). `value` is its
  * result; for a rejection, a CDN_VAL_ERROR or any value. */

@@ -26,6 +26,7 @@ namespace cordon {
 class PromiseRecord;
 class ModuleRecord;
 struct PromiseCell;
+struct WasmMemory;
 
 // The embedder-data slot of a context that points at its ContextRecord.
 constexpr int kContextRecordSlot = 1;
@@ -253,6 +254,16 @@ struct cdn_engine_isolate_s {
   // Still over the limit after recovering from a stop (RecoverFromLimit):
   // the isolate cannot run within its limit again.
   bool over_limit = false;
+
+  // WebAssembly memories of limited contexts (wasm.cc, under the lock), how
+  // many (read by the watchdog's poll), and the poll's state.
+  std::unordered_set<cordon::WasmMemory*> wasm_memories;
+  std::atomic<size_t> wasm_count{0};
+  std::atomic<int> wasm_poll{0};
+  std::atomic<int> wasm_async{0};  // async compilations not yet settled
+  // Their sizes as wasm.cc reported them to V8 (lines whose V8 does not
+  // count them itself); under the lock.
+  int64_t wasm_bytes = 0;
 
   // A context user code never runs in: compiles unbound scripts.
   v8::Global<v8::Context> internal_context;
@@ -557,6 +568,17 @@ void SettleLimit(cdn_engine_isolate_t* iso);
 // raised, so that no later collection aborts the process, and let the
 // host close the isolate (it sees the heap over its limit).
 void RecoverFromLimit(cdn_engine_isolate_t* iso);
+// wasm.cc: in a new context of a limited isolate, hold WebAssembly memories
+// to the limit (false: an exception or a stop); at dispose, forget them.
+bool InstallWasmLimits(cdn_engine_isolate_t* iso,
+                       v8::Local<v8::Context> context);
+void FreeWasmMemories(cdn_engine_isolate_t* iso);
+// Re-read the memories' sizes (grown unseen from WebAssembly code) into
+// V8's external memory, where OverLimit sees them. Not inside a collection.
+void RefreshWasmMemories(cdn_engine_isolate_t* iso);
+// V8's external memory with the memories wasm.cc reported where V8's
+// statistics leave them out (V8 14).
+size_t ExternalMemory(cdn_engine_isolate_t* iso, v8::HeapStatistics& hs);
 // Fill `out` with a CDN_VAL_ERROR.
 void SetError(cdn_value_t* out, const char* name, const char* message);
 // Free a value without releasing the records it refers to (isolate

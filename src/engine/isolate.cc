@@ -198,7 +198,7 @@ bool OverLimit(cdn_engine_isolate_t* iso) {
   v8::HeapStatistics hs;
   iso->isolate->GetHeapStatistics(&hs);
   return hs.used_heap_size() > iso->memory_limit ||
-         hs.external_memory() > iso->memory_limit + kSmallBacking * 64;
+         ExternalMemory(iso, hs) > iso->memory_limit + kSmallBacking * 64;
 }
 
 void RecoverFromLimit(cdn_engine_isolate_t* iso) {
@@ -394,6 +394,7 @@ extern "C" void cdn_engine_isolate_dispose(cdn_engine_isolate_t* iso) {
       delete cell;
     }
     iso->cells.clear();
+    cordon::FreeWasmMemories(iso);
     iso->internal_context.Reset();
     iso->placeholder.Reset();
     iso->import_map.Reset();
@@ -457,6 +458,11 @@ extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,
   for (auto& task : tasks) {
     iso->tasks_run++;
     task->Run();
+    // What the task settled (an async WebAssembly compilation resolves its
+    // promise from a task) reacts now, as a run's checkpoint would: the
+    // policy is explicit, and nothing else would run them.
+    if (!isolate->IsExecutionTerminating())
+      isolate->PerformMicrotaskCheckpoint();
     if (isolate->IsExecutionTerminating()) {
       err = CDN_ETERMINATED;
       break;
@@ -485,7 +491,7 @@ extern "C" void cdn_engine_heap_stats(cdn_engine_isolate_t* iso,
   out->total_heap_size = hs.total_heap_size();
   out->used_heap_size = hs.used_heap_size();
   out->heap_size_limit = hs.heap_size_limit();
-  out->external_memory = hs.external_memory();
+  out->external_memory = cordon::ExternalMemory(iso, hs);
   out->array_buffers = iso->allocator->used();
   out->contexts = iso->contexts;
   out->scripts = iso->scripts;

@@ -21,7 +21,11 @@ const rss = (field) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(fs.readFile
     try {
       if (host[name]) host[name](cordon, iso);
       else if (mode === 'async') await iso.createContext().run(bombs[name], { timeout: 60000 });
-      else cordon.runInContext(bombs[name], iso.createContext(), { timeout: 60000 });
+      else {
+        // A bomb that returns a promise (async WebAssembly) is awaited.
+        const r = cordon.runInContext(bombs[name], iso.createContext(), { timeout: 60000 });
+        if (r && typeof r.then === 'function') await r;
+      }
       outcome = { ok: true };
     } catch (e) {
       outcome = { name: e.name, code: e.code, message: String(e.message).slice(0, 120), isolateDisposed: e.isolateDisposed };

@@ -11,6 +11,24 @@ const wasmModule = (pages) => [
   0x07, 0x07, 0x01, 0x03, 0x6d, 0x65, 0x6d, 0x02, 0x00, // export "mem"
 ];
 
+// A module with a memory of its own (no maximum) and `run()`, which grows
+// it from WebAssembly code 100 pages at a time, writing to each new page's
+// end, until memory.grow fails: growth no JS wrapper sees.
+const innerGrowBody = [
+  0x00, 0x02, 0x40, 0x03, 0x40, // no locals; block; loop
+  0x41, 0xe4, 0x00, 0x40, 0x00, 0x41, 0x7f, 0x46, 0x0d, 0x01, // grow 100; == -1: break
+  0x3f, 0x00, 0x41, 0x10, 0x74, 0x41, 0x04, 0x6b, 0x41, 0x01, 0x36, 0x02, 0x00, // store 1 at the end
+  0x0c, 0x00, 0x0b, 0x0b, 0x0b, // br loop; end; end; end
+];
+const innerGrow = [
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+  0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type () -> ()
+  0x03, 0x02, 0x01, 0x00, // one function
+  0x05, 0x03, 0x01, 0x00, 0x00, // memory: 0 pages, no maximum
+  0x07, 0x07, 0x01, 0x03, 0x72, 0x75, 0x6e, 0x00, 0x00, // export "run"
+  0x0a, innerGrowBody.length + 2, 0x01, innerGrowBody.length, ...innerGrowBody,
+];
+
 const bombs = {
   // Growth in small pieces.
   push: 'const a = []; for (;;) a.push(1)',
@@ -38,9 +56,22 @@ const bombs = {
   wasmMemories: 'const a = []; for (;;) a.push(new WebAssembly.Memory({ initial: 1000 }))',
   wasmGrow: 'const m = new WebAssembly.Memory({ initial: 1, maximum: 65536 }); for (;;) { m.grow(1000); new Uint8Array(m.buffer).fill(1) }',
   wasmModules: `const a = []; for (;;) a.push(new WebAssembly.Instance(new WebAssembly.Module(new Uint8Array([${wasmModule(100)}]))))`,
+  wasmInner: `const m = new WebAssembly.Module(new Uint8Array([${innerGrow}])); const a = [];
+    for (;;) { const i = new WebAssembly.Instance(m); a.push(i); i.exports.run() }`,
+  wasmEmpty: 'const a = []; for (;;) a.push(new WebAssembly.Memory({ initial: 0 }))',
 };
 
 // Host-side patterns: what the host asks for, past the limit.
+// Patterns that may end in a sandbox RangeError before they reach the
+// limit: cordon's cap on live WebAssembly memories (8 a sandbox), or a
+// memory's maximum (clamped to the limit).
+const capped = {
+  wasmModules: /at most 8 WebAssembly memories/,
+  wasmInner: /at most 8 WebAssembly memories/,
+  wasmEmpty: /at most 8 WebAssembly memories/,
+  wasmGrow: /Maximum memory size exceeded/,
+};
+
 const host = {
   contexts: (cordon, iso) => {
     // 5 000 contexts are over 600 MB: past either limit (and no endless
@@ -58,4 +89,4 @@ const host = {
   },
 };
 
-module.exports = { bombs, host, fits: new Set(['sort', 'split', 'json', 'arrayFrom']) };
+module.exports = { bombs, host, capped, innerGrow, fits: new Set(['sort', 'split', 'json', 'arrayFrom']) };
