@@ -54,6 +54,12 @@ const STANDARD_ERRORS = {
 let activeTimeout = 0;
 let activeCpuTimeout = 0;
 let activeContext = null;
+// When the running unit of work's wall bound ends (performance.now() ms;
+// 0: unbounded). What it spawns inherits it: sandbox promises that cross
+// out reject with a TimeoutError then, and host-promise settlements that
+// would resume its sandbox code after it are dropped.
+let activeDeadline = 0;
+const now = () => performance.now();
 // The isolate a Script is being compiled in (it has no context).
 let compilingIsolate = null;
 
@@ -182,9 +188,20 @@ function makeDeferred() {
     reject = rej;
   });
   Promise.prototype.then.call(promise, undefined, () => {}); // handled, for Node
+  // Made by a bounded unit of work: it rejects when that bound ends (the
+  // timer keeps the loop alive until then, since it can still settle).
+  let timer = null;
+  if (activeDeadline > 0) {
+    const timeout = activeTimeout;
+    timer = setTimeout(() => {
+      timer = null;
+      rejectSandboxPromise(promise, reject, new TimeoutError(timeout), context);
+    }, Math.max(0, activeDeadline - now()));
+  }
   return {
     promise,
     settle(state, value, name, message, stack, code) {
+      if (timer !== null) clearTimeout(timer);
       if (state === 1) {
         resolve(decodeIn(context, value));
       } else if (state === 2) {
@@ -203,9 +220,17 @@ function makeDeferred() {
 // by the context's timeout or SETTLE_TIMEOUT.
 function adopt(promise, handle) {
   const context = activeContext;
+  const deadline = activeDeadline;
   const settle = (rejected, value) => {
     if (context === null || context.isDisposed) return;
-    const timeout = contextTimeout(context) || SETTLE_TIMEOUT;
+    let timeout = contextTimeout(context) || SETTLE_TIMEOUT;
+    if (deadline > 0) {
+      // The unit of work that awaits it has run out of time: its sandbox
+      // code is not resumed (its promise result has rejected already).
+      const left = Math.ceil(deadline - now());
+      if (left <= 0) return;
+      timeout = Math.min(timeout, left);
+    }
     let encoded;
     let description;
     if (rejected && isNativeError(value)) {
@@ -221,8 +246,8 @@ function adopt(promise, handle) {
       }
     }
     try {
-      bounded(context, timeout, () => binding.settleSandbox(handle, rejected, encoded, timeout, description,
-        jobDone(context, timeout)));
+      boundedRaw(context, () => binding.settleSandbox(handle, rejected, encoded, timeout, description,
+        jobDone(context, timeout, deadline)), timeout, 0, deadline);
     } catch {
       // A timeout or a disposal while the sandbox reacted: nothing awaits it
       // on the host side.
@@ -249,25 +274,32 @@ function rejectionHook(context, value, name, message, stack, code) {
 // bounds active: jobScope(done) enters them (jobScope(null): a job of its
 // own, changing nothing), jobScope() leaves.
 const scopes = [];
-function jobScope(done) {
+function jobScope(done, elapsed) {
   if (done === undefined) {
-    [activeTimeout, activeCpuTimeout, activeContext] = scopes.pop();
+    [activeTimeout, activeCpuTimeout, activeContext, activeDeadline] = scopes.pop();
     return;
   }
-  scopes.push([activeTimeout, activeCpuTimeout, activeContext]);
+  scopes.push([activeTimeout, activeCpuTimeout, activeContext, activeDeadline]);
   if (done === null) return;
+  // An async run's bound counts from when its runner started it (elapsed
+  // ms ago; undefined: it never started).
+  if (done.deadline === undefined) {
+    done.deadline = done.timeout > 0 && done.untilSettled ? now() - (elapsed ?? 0) + done.timeout : 0;
+  }
   activeTimeout = done.timeout;
   activeCpuTimeout = done.cpuTimeout;
   activeContext = done.context;
+  activeDeadline = done.deadline;
 }
 
 // The `done` of a job of the native layer's own (a settlement queued behind
 // an async run): nothing waits for its outcome; it carries the scope.
-function jobDone(context, timeout) {
+function jobDone(context, timeout, deadline) {
   const done = () => {};
   done.context = context;
   done.timeout = timeout;
   done.cpuTimeout = 0;
+  done.deadline = deadline;
   return done;
 }
 
@@ -323,18 +355,22 @@ function encodeIn(context, value) {
   return marshal.encode(value, (fn) => (args, ctx) => invokeHost(fn, ctx ?? null, args));
 }
 
-function decodeIn(context, result) {
-  return marshal.decode(result, (handle, name, length) => makeProxy(handle, name, length, context, undefined));
+// `timeout`/`cpuTimeout`: the bounds of the run that made the value, under
+// which its functions (a result's then, toString, toJSON...) then run
+// unless a caller gives others; undefined: the context's.
+function decodeIn(context, result, timeout, cpuTimeout) {
+  return marshal.decode(result, (handle, name, length) => makeProxy(handle, name, length, context, timeout || undefined,
+    undefined, cpuTimeout));
 }
 
 // Host proxies of sandbox functions, and what each one calls.
 const proxyTargets = new WeakMap();
 
-function makeProxy(handle, name, length, context, timeout, target = {}) {
+function makeProxy(handle, name, length, context, timeout, target = {}, cpuTimeout = undefined) {
   target.handle = handle;
   target.context = context;
   target.timeout = timeout;
-  target.cpuTimeout ??= 0;
+  target.cpuTimeout ??= cpuTimeout || 0;
   const proxy = {
     // A method: callable with any `this`, and not a constructor.
     [name](...args) {
@@ -364,9 +400,11 @@ function callTarget(target, thisArg, args, timeout, cpuTimeout) {
   const prevTimeout = activeTimeout;
   const prevCpuTimeout = activeCpuTimeout;
   const prevContext = activeContext;
+  const prevDeadline = activeDeadline;
   activeTimeout = timeout;
   activeCpuTimeout = cpuTimeout;
   activeContext = context;
+  activeDeadline = timeout > 0 ? now() + timeout : 0;
   let result;
   try {
     switch (n) {
@@ -386,9 +424,10 @@ function callTarget(target, thisArg, args, timeout, cpuTimeout) {
     activeTimeout = prevTimeout;
     activeCpuTimeout = prevCpuTimeout;
     activeContext = prevContext;
+    activeDeadline = prevDeadline;
   }
   if (typeof result === 'object' && result !== null) {
-    return result === binding.PENDING ? binding.failed() : decodeIn(context, result);
+    return result === binding.PENDING ? binding.failed() : decodeIn(context, result, timeout, cpuTimeout);
   }
   return result;
 }
@@ -410,25 +449,33 @@ function encodeArg(context, value, index) {
 
 // Every call into a sandbox goes through here, so that errors built by
 // makeError know the call's bounds and context.
-function bounded(context, timeout, fn, cpuTimeout = 0) {
-  const result = boundedRaw(context, fn, timeout, cpuTimeout);
-  return typeof result === 'object' && result !== null ? decodeIn(context, result) : result;
+// `untilSettled` false: the bound covers the call itself, not the promises
+// it hands out.
+function bounded(context, timeout, fn, cpuTimeout = 0, untilSettled = true) {
+  const deadline = timeout > 0 && untilSettled ? now() + timeout : 0;
+  const result = boundedRaw(context, fn, timeout, cpuTimeout, deadline);
+  return typeof result === 'object' && result !== null ? decodeIn(context, result, timeout, cpuTimeout) : result;
 }
 
-// The same for native calls that return handles rather than values.
-function boundedRaw(context, fn, timeout = activeTimeout, cpuTimeout = activeCpuTimeout) {
+// The same for native calls that return handles rather than values. With
+// no bounds given it runs under the active ones.
+function boundedRaw(context, fn, timeout = activeTimeout, cpuTimeout = activeCpuTimeout,
+  deadline = timeout === activeTimeout ? activeDeadline : 0) {
   const prevTimeout = activeTimeout;
   const prevCpuTimeout = activeCpuTimeout;
   const prevContext = activeContext;
+  const prevDeadline = activeDeadline;
   activeTimeout = timeout;
   activeCpuTimeout = cpuTimeout;
   activeContext = context;
+  activeDeadline = deadline;
   try {
     return fn();
   } finally {
     activeTimeout = prevTimeout;
     activeCpuTimeout = prevCpuTimeout;
     activeContext = prevContext;
+    activeDeadline = prevDeadline;
   }
 }
 
@@ -437,12 +484,12 @@ function boundedRaw(context, fn, timeout = activeTimeout, cpuTimeout = activeCpu
 // ...makeError's arguments) from the host loop, inside jobScope(done).
 // `done.keep` holds the handles the job uses (a Script, a function's
 // target) until then.
-function runAsync(context, timeout, cpuTimeout, keep, start) {
+function runAsync(context, timeout, cpuTimeout, keep, start, untilSettled = true) {
   return new Promise((resolve, reject) => {
     // done(0, result), or done(status, kind, name, message, stack, value, code)
     const done = (status, a, name, message, stack, value, code) => {
       if (status === 0) {
-        resolve(typeof a === 'object' && a !== null ? decodeIn(context, a) : a);
+        resolve(typeof a === 'object' && a !== null ? decodeIn(context, a, timeout, cpuTimeout) : a);
         return;
       }
       reject(makeError(a, name, message, stack, value, code));
@@ -451,6 +498,7 @@ function runAsync(context, timeout, cpuTimeout, keep, start) {
     done.context = context;
     done.timeout = timeout;
     done.cpuTimeout = cpuTimeout;
+    done.untilSettled = untilSettled;
     start(done);
   });
 }
@@ -651,7 +699,7 @@ class Context {
       const importCallback = (typeof options === 'object' ? importOption(o.opts) : undefined) ??
         this.#importCallback;
       return runAsync(this, timeout, o.cpuTimeout, this, (done) => binding.runAsync(handle, code, o.filename,
-        o.lineOffset, o.columnOffset, timeout, importCallback, o.cpuTimeout, done));
+        o.lineOffset, o.columnOffset, timeout, importCallback, o.cpuTimeout, done), o.untilSettled);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -737,6 +785,7 @@ function sourceOptions(options, name) {
   if (typeof options === 'string') {
     return {
       opts: { filename: options }, filename: options, lineOffset: 0, columnOffset: 0, timeout: 0, cpuTimeout: 0,
+      untilSettled: true,
     };
   }
   const opts = optionsObject(options, name);
@@ -751,21 +800,36 @@ function sourceOptions(options, name) {
   else validateInt32(columnOffset, `${name}.columnOffset`);
   const timeout = validateTimeout(getOption(opts, 'timeout', `${name}.timeout`), `${name}.timeout`);
   const cpuTimeout = validateTimeout(getOption(opts, 'cpuTimeout', `${name}.cpuTimeout`), `${name}.cpuTimeout`);
-  return { opts, filename, lineOffset, columnOffset, timeout, cpuTimeout };
+  return { opts, filename, lineOffset, columnOffset, timeout, cpuTimeout, untilSettled: untilSettledOption(opts, name) };
+}
+
+// options.untilSettled (default true): a run's wall bound covers the
+// promises it hands out until they settle; false bounds the run itself.
+function untilSettledOption(opts, name) {
+  const value = getOption(opts, 'untilSettled', `${name}.untilSettled`);
+  if (value === undefined) return true;
+  validateBoolean(value, `${name}.untilSettled`);
+  return value;
 }
 
 // { timeout, cpuTimeout } of a run's options; the context's timeout when
 // none is given.
 function runBounds(options, context) {
-  if (options === undefined) return { timeout: contextTimeout(context), cpuTimeout: 0 };
+  if (options === undefined) return { timeout: contextTimeout(context), cpuTimeout: 0, untilSettled: true };
   const opts = optionsObject(options, 'options');
   const timeout = validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout') ||
     contextTimeout(context);
   const cpuTimeout = validateTimeout(getOption(opts, 'cpuTimeout', 'options.cpuTimeout'), 'options.cpuTimeout');
-  return { timeout, cpuTimeout };
+  return { timeout, cpuTimeout, untilSettled: untilSettledOption(opts, 'options') };
 }
 
 function runInContext(code, context, options) {
+  return runIn(code, context, options, false);
+}
+
+// `disposeUnused`: dispose the context after the run unless its result
+// refers into it (functions, promises), which keep it until collected.
+function runIn(code, context, options, disposeUnused) {
   validateString(code, 'code');
   validateContext(context, 'contextifiedObject');
   const o = sourceOptions(options, 'options');
@@ -773,9 +837,26 @@ function runInContext(code, context, options) {
   const timeout = o.timeout || contextTimeout(context);
   const importCallback = (typeof options === 'object' ? importOption(o.opts) : undefined) ??
     contextImport(context);
-  return bounded(context, timeout,
-    () => binding.run(handle, code, o.filename, o.lineOffset, o.columnOffset, timeout, importCallback, o.cpuTimeout),
+  const run = () => binding.run(handle, code, o.filename, o.lineOffset, o.columnOffset, timeout, importCallback,
     o.cpuTimeout);
+  if (!disposeUnused) return bounded(context, timeout, run, o.cpuTimeout, o.untilSettled);
+  return boundedOnce(context, timeout, run, o.cpuTimeout, o.untilSettled);
+}
+
+// bounded() in a context made for this one run: disposed after it, unless
+// the result refers into it (functions, promises: then it is freed once
+// the host collects them, as node:vm's contexts are).
+function boundedOnce(context, timeout, run, cpuTimeout, untilSettled) {
+  let raw;
+  try {
+    raw = boundedRaw(context, run, timeout, cpuTimeout, timeout > 0 && untilSettled ? now() + timeout : 0);
+  } catch (error) {
+    context.dispose();
+    throw error;
+  }
+  // ([bytes, handles, ...]: the value carries references)
+  if (!Array.isArray(raw)) context.dispose();
+  return typeof raw === 'object' && raw !== null ? decodeIn(context, raw, timeout, cpuTimeout) : raw;
 }
 
 function runInNewContext(code, contextObject, options) {
@@ -785,11 +866,7 @@ function runInNewContext(code, contextObject, options) {
     isolate: getOption(opts, 'isolate', 'options.isolate'),
     importModuleDynamically: importOption(opts),
   });
-  try {
-    return runInContext(code, context, opts);
-  } finally {
-    context.dispose();
-  }
+  return runIn(code, context, opts, true);
 }
 
 // ---- scripts ----------------------------------------------------------------
@@ -862,8 +939,9 @@ class Script {
 
   runInContext(context, options) {
     const handle = this.#contextFor(context);
-    const { timeout, cpuTimeout } = runBounds(options, context);
-    return bounded(context, timeout, () => binding.scriptRun(this.#handle, handle, timeout, cpuTimeout), cpuTimeout);
+    const { timeout, cpuTimeout, untilSettled } = runBounds(options, context);
+    return bounded(context, timeout, () => binding.scriptRun(this.#handle, handle, timeout, cpuTimeout), cpuTimeout,
+      untilSettled);
   }
 
   /**
@@ -876,10 +954,10 @@ class Script {
   run(context, options) {
     try {
       const handle = this.#contextFor(context);
-      const { timeout, cpuTimeout } = runBounds(options, context);
+      const { timeout, cpuTimeout, untilSettled } = runBounds(options, context);
       const script = this.#handle;
       return runAsync(context, timeout, cpuTimeout, [this, context],
-        (done) => binding.scriptRunAsync(script, handle, timeout, cpuTimeout, done));
+        (done) => binding.scriptRunAsync(script, handle, timeout, cpuTimeout, done), untilSettled);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -895,11 +973,10 @@ class Script {
 
   runInNewContext(contextObject, options) {
     const context = createContext(contextObject, { isolate: this.#isolate });
-    try {
-      return this.runInContext(context, options);
-    } finally {
-      context.dispose();
-    }
+    const handle = this.#contextFor(context);
+    const { timeout, cpuTimeout, untilSettled } = runBounds(options, context);
+    return boundedOnce(context, timeout, () => binding.scriptRun(this.#handle, handle, timeout, cpuTimeout), cpuTimeout,
+      untilSettled);
   }
 }
 

@@ -140,6 +140,7 @@ struct iso_job_s {
   void (*free)(iso_job_t* job); /* host thread; the job's own data */
   napi_ref done;                /* lib's done(status, ...), or NULL */
   napi_ref keep;                /* a handle the job uses, or NULL */
+  uint64_t start_ns;            /* uv_hrtime() when its runner began it */
   int err;
   cdn_value_t out;
   iso_job_t* next;

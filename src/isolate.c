@@ -163,6 +163,7 @@ int iso_call_ex(iso_t* iso, double timeout_ms, double cpu_ms, iso_body_fn body,
 void iso_run_job(iso_job_t* job) {
   iso_t* iso = job->iso;
   iso->job = job;
+  __atomic_store_n(&job->start_ns, uv_hrtime(), __ATOMIC_RELEASE);
   job->err =
       iso__run(iso, 1, job->timeout_ms, job->cpu_ms, job->body, job, &job->out);
   iso->job = NULL;
@@ -170,10 +171,14 @@ void iso_run_job(iso_job_t* job) {
 
 /* Host thread: make `job`'s context and bounds lib's active ones (NULL:
  * restore the previous). A job of the native layer's own (no `done`)
- * enters without changing them. */
+ * enters without changing them. lib is told how long ago the job's runner
+ * began it (its bound counts from then). */
 static void iso__job_scope(cdn_env_t* cenv, iso_job_t* job) {
   napi_env env = cenv->env;
-  napi_value fn, global, arg, result, exc;
+  napi_value fn, global, arg, result, exc, argv[2];
+  uint64_t start =
+      job != NULL ? __atomic_load_n(&job->start_ns, __ATOMIC_ACQUIRE) : 0;
+  size_t argc = 1;
   napi_status st = napi_get_reference_value(env, cenv->job_scope, &fn);
   if (st == napi_ok) st = napi_get_global(env, &global);
   if (st == napi_ok && job != NULL && job->done != NULL)
@@ -182,7 +187,13 @@ static void iso__job_scope(cdn_env_t* cenv, iso_job_t* job) {
     st = napi_get_null(env, &arg); /* enter, changing nothing */
   else if (st == napi_ok)
     st = napi_get_undefined(env, &arg);
-  if (st == napi_ok) st = napi_call_function(env, global, fn, 1, &arg, &result);
+  argv[0] = arg;
+  if (st == napi_ok && start != 0) {
+    st = napi_create_double(env, (double)(uv_hrtime() - start) / 1e6, &argv[1]);
+    argc = 2;
+  }
+  if (st == napi_ok)
+    st = napi_call_function(env, global, fn, argc, argv, &result);
   if (st != napi_ok) napi_get_and_clear_last_exception(env, &exc);
 }
 

@@ -39,14 +39,24 @@ describe('promises across the boundary', () => {
     assert.equal(await passIn(sleep(5).then(() => 'host')), 'host!');
   });
 
-  it('should run the sandbox reaction to a host promise under a timeout', async () => {
+  // The reactions a run queues share its bound: once one has used it up,
+  // the run's sandbox code is not resumed again.
+  it("should run the sandbox reactions to host promises under their run's bound", async () => {
     const ctx = cordon.createContext({ later: () => sleep(5) }, { timeout: 50 });
     cordon.runInContext('globalThis.after = 0; later().then(() => { for (;;) {} }); later().then(() => { after = 1 })', ctx);
     await sleep(200);
-    // The looping reaction was stopped, the other one ran, and the context
-    // still works.
-    assert.equal(cordon.runInContext('after', ctx), 1);
+    // The looping reaction was stopped at the run's deadline, the other one
+    // came too late to run, and the context still works.
+    assert.equal(cordon.runInContext('after', ctx), 0);
     assert.equal(cordon.runInContext('"alive"', ctx), 'alive');
+  });
+
+  it('should bound each reaction by itself with untilSettled: false', async () => {
+    const ctx = cordon.createContext({ later: () => sleep(5) }, { timeout: 50 });
+    cordon.runInContext('globalThis.after = 0; later().then(() => { for (;;) {} }); later().then(() => { after = 1 })',
+      ctx, { untilSettled: false });
+    await sleep(200);
+    assert.equal(cordon.runInContext('after', ctx), 1);
   });
 
   it('should carry functions inside a settled value', async () => {

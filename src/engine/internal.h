@@ -162,10 +162,13 @@ constexpr size_t kLimitHeadroom = size_t{1280} << 20;
 // run): V8 treats a refusal of some small ones, such as materialising an
 // on-heap typed array's buffer, as a fatal error.
 constexpr size_t kSmallBacking = 4096;
-// Estimates for cdn_engine_ref_cost: a context's own heap (1 000 of them
-// fill 128 MB), a function and its closure; a compiled function or script
-// adds its source (two bytes a character, bytecode about as much again).
-constexpr size_t kContextCost = size_t{128} << 10;
+// Estimates for cdn_engine_ref_cost: a context's own heap (about 150 KB
+// measured on Node 20; reported twice over, so that the host collects
+// dropped contexts well before they fill a default limit: its finalisers
+// run a loop turn after its collection), a function and its closure; a
+// compiled function or script adds its source (two bytes a character,
+// bytecode about as much again).
+constexpr size_t kContextCost = size_t{320} << 10;
 constexpr size_t kFunctionCost = 1024;
 
 // Hands Node's platform our task queue for the sandbox isolate.

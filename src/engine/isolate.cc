@@ -349,6 +349,10 @@ extern "C" int cdn_engine_isolate_new(const cdn_isolate_options_t* opts,
     Isolate* isolate = iso->isolate;
     // cordon runs the microtask checkpoint itself, inside the armed deadline.
     isolate->SetMicrotasksPolicy(v8::MicrotasksPolicy::kExplicit);
+    // Atomics.wait blocks the thread without using CPU, so a run bounded
+    // only by cpuTimeout would never end: it throws instead (as on a
+    // browser's main thread). Atomics.waitAsync still works.
+    isolate->SetAllowAtomicsWait(false);
     isolate->AddNearHeapLimitCallback(cordon::NearHeapLimit, iso);
     isolate->AddGCEpilogueCallback(cordon::AfterFullGc, iso,
                                    v8::kGCTypeMarkSweepCompact);
