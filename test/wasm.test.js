@@ -111,4 +111,59 @@ describe('WebAssembly', () => {
       { name: 'RangeError', message: /at most 8/ });
     assert.equal(run('for (let i = 0; i < 100; i++) new WebAssembly.Memory({ initial: 1 }); "done"'), 'done');
   });
+
+  // Each value is read and converted once; V8 gets only those primitives.
+  it('should build the memory it checked, whatever a descriptor does when read twice', () => {
+    assert.deepEqual(run(`let n = 0, k = 0;
+      const m = new WebAssembly.Memory({ initial: { valueOf: () => (n++ ? 65536 : 1) },
+        maximum: { valueOf: () => (k++ ? 65536 : 1) } });
+      [m.buffer.byteLength, n, k, (() => { try { m.grow(1); return 'grew' } catch (e) { return e.name } })()]`),
+    [65536, 1, 1, 'RangeError']);
+    // Getters on Object.prototype that answer only the second time.
+    assert.deepEqual(run(`let i = 0, j = 0;
+      Object.defineProperty(Object.prototype, 'initial', { get: () => (i++ ? 65536 : undefined), configurable: true });
+      Object.defineProperty(Object.prototype, 'maximum', { get: () => (j++ ? 65536 : undefined), configurable: true });
+      let r; try { r = new WebAssembly.Memory({}).buffer.byteLength } catch (e) { r = e.name }
+      delete Object.prototype.initial; delete Object.prototype.maximum; r`), 'TypeError');
+    assert.throws(() => run('new WebAssembly.Memory({ initial: { valueOf() { throw new SyntaxError("mine") } } })'),
+      { name: 'SyntaxError', message: 'mine' });
+  });
+
+  // A buffer keeps a memory's pages without the memory object: they are
+  // counted until the buffer goes too.
+  it('should count the pages of a dropped memory while a buffer of it lives', () => {
+    assert.throws(() => run(`(() => {
+      const keep = [];
+      for (let i = 0; i < 20; i++) {
+        const m = new WebAssembly.Memory({ initial: 64, maximum: 64 });
+        new Uint8Array(m.buffer).fill(1);
+        keep.push(m.buffer);
+      }
+    })()`), (e) => e.code === 'ERR_MEMORY_LIMIT' || /could not allocate memory/.test(e.message));
+    // Dropped with its buffers, the room comes back.
+    iso.gc();
+    assert.equal(run('new WebAssembly.Memory({ initial: 64 }).buffer.byteLength'), 64 * 65536);
+  });
+
+  it("should keep the maxima of a sandbox's memories within 4x its limit", () => {
+    // 32 MB: each memory without a maximum takes 512 pages of the 2048.
+    assert.deepEqual(run(`const keep = []; let made = 0, error;
+      try { for (let i = 0; i < 8; i++) { keep.push(new WebAssembly.Memory({ initial: 1 })); made++ } }
+      catch (e) { error = e.name + ': ' + e.message }
+      [made, error]`),
+    [4, 'RangeError: WebAssembly.Memory(): could not allocate memory (the maxima of its memories would pass 4x the limit)']);
+  });
+
+  // A termination drops the microtasks queued then; an async compilation
+  // must not keep the host alive for a reaction that will never run.
+  it('should let a bare script exit when a run that started a compilation was stopped', () => {
+    const script = `const cordon = require(${JSON.stringify(require.resolve('..'))});
+      const ctx = cordon.createContext();
+      try { cordon.runInContext('Promise.resolve().then(() => { for (;;) {} }); WebAssembly.compile(${bytes(withData)}); 0',
+        ctx, { timeout: 100 }) } catch (e) { console.log(e.code) }`;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60000 });
+    assert.equal(r.signal, null, 'the script did not exit on its own');
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'ERR_SCRIPT_EXECUTION_TIMEOUT');
+  });
 });

@@ -27,6 +27,7 @@ class PromiseRecord;
 class ModuleRecord;
 struct PromiseCell;
 struct WasmMemory;
+struct ContextLink;
 
 // The embedder-data slot of a context that points at its ContextRecord.
 constexpr int kContextRecordSlot = 1;
@@ -263,7 +264,12 @@ struct cdn_engine_isolate_s {
   std::unordered_set<cordon::WasmMemory*> wasm_memories;
   std::atomic<size_t> wasm_count{0};
   std::atomic<int> wasm_poll{0};
-  std::atomic<int> wasm_async{0};  // async compilations not yet settled
+  // Async compilations not yet settled (wasm.cc, under the lock), with
+  // their contexts; how many (read by the host thread unlocked).
+  std::vector<
+      std::pair<v8::Global<v8::Promise>, std::weak_ptr<cordon::ContextLink>>>
+      wasm_pending;
+  std::atomic<int> wasm_async{0};
   // Their sizes as wasm.cc reported them to V8 (lines whose V8 does not
   // count them itself); under the lock.
   int64_t wasm_bytes = 0;
@@ -577,7 +583,8 @@ bool InstallWasmLimits(cdn_engine_isolate_t* iso,
                        v8::Local<v8::Context> context);
 void FreeWasmMemories(cdn_engine_isolate_t* iso);
 // Re-read the memories' sizes (grown unseen from WebAssembly code) into
-// V8's external memory, where OverLimit sees them. Not inside a collection.
+// V8's external memory, where OverLimit sees them, and recount the async
+// compilations still pending. Not inside a collection.
 void RefreshWasmMemories(cdn_engine_isolate_t* iso);
 // V8's external memory with the memories wasm.cc reported where V8's
 // statistics leave them out (V8 14).

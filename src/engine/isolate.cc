@@ -481,6 +481,8 @@ extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,
     cordon::RecoverFromLimit(iso);
     err = CDN_ENOMEM;
   }
+  // (What the tasks settled: the async compilations still pending.)
+  cordon::RefreshWasmMemories(iso);
   return err;
 }
 

@@ -53,6 +53,11 @@ constexpr uint64_t kPageSize = 65536;
 // than V8 has.
 constexpr size_t kMaxMemories = 8;
 constexpr size_t kMaxAllMemories = 48;
+// The maxima of a sandbox's live memories add up to at most this many
+// times its limit: growth from WebAssembly code is seen only by the poll,
+// and a builtin that fills a memory does not stop for it, so the maxima
+// bound what the host may have to hold (the limit's documented 4x).
+constexpr uint64_t kMaxGrowth = 4;
 std::atomic<size_t> all_memories{0};
 
 // Whether V8's heap statistics show what AdjustExternal reports: V8 14
@@ -146,7 +151,19 @@ bool ParseFieldName(const std::string& name, Limits* l) {
   unsigned long long initial, maximum;
   unsigned flags;
   size_t index;
-  if (std::sscanf(name.c_str(), "%zu:%llu:%llu:%u", &index, &initial, &maximum,
+  // Only what RewriteModule writes: four decimal numbers (no sign, no
+  // space, nothing after; a user's import of that name gets the same
+  // checked memory as ours).
+  int colons = 0;
+  for (char c : name) {
+    if (c == ':') {
+      colons++;
+    } else if (c < '0' || c > '9') {
+      return false;
+    }
+  }
+  if (colons != 3 || name.size() > 80 ||
+      std::sscanf(name.c_str(), "%zu:%llu:%llu:%u", &index, &initial, &maximum,
                   &flags) != 4 ||
       flags > 7)
     return false;
@@ -285,56 +302,66 @@ Local<Value> NewBytes(Isolate* isolate, std::string bytes) {
 
 // ---- the memories -------------------------------------------------------
 
-size_t SizeOf(Isolate* isolate, const v8::Global<Object>& memory) {
-  Local<Object> m = memory.Get(isolate);
-  Local<Value> buffer = m.As<v8::WasmMemoryObject>()->Buffer();
+std::shared_ptr<v8::BackingStore> StoreOf(Isolate* isolate,
+                                          const v8::Global<Object>& memory) {
+  Local<Value> buffer =
+      memory.Get(isolate).As<v8::WasmMemoryObject>()->Buffer();
   if (buffer->IsSharedArrayBuffer())
-    return buffer.As<v8::SharedArrayBuffer>()->ByteLength();
-  return buffer.As<v8::ArrayBuffer>()->ByteLength();
+    return buffer.As<v8::SharedArrayBuffer>()->GetBackingStore();
+  return buffer.As<v8::ArrayBuffer>()->GetBackingStore();
 }
 
 }  // namespace
 
-// One memory of a limited context, until it is collected.
+// One memory of a limited context, for as long as its pages live: the
+// memory object (a phantom handle, empty once collected) or any buffer of
+// it (the backing store, which a buffer keeps without its memory). No weak
+// callback: nothing of V8's can run one after FreeWasmMemories.
 struct WasmMemory {
-  cdn_engine_isolate_t* iso;
-  v8::Global<Object> memory;  // weak
-  size_t reported = 0;        // its size as last told to V8
+  v8::Global<Object> memory;
+  std::weak_ptr<v8::BackingStore> store;
+  size_t reported = 0;     // its size as last counted
+  uint64_t max_bytes = 0;  // its maximum (clamped)
 };
 
 namespace {
 
-void Forget(const v8::WeakCallbackInfo<WasmMemory>& info) {
-  WasmMemory* m = info.GetParameter();
-  cdn_engine_isolate_t* iso = m->iso;
+void Forget(cdn_engine_isolate_t* iso, WasmMemory* m) {
   if (!kV8CountsWasmMemory && m->reported > 0) {
     AdjustExternal(iso->isolate, -static_cast<int64_t>(m->reported));
     iso->wasm_bytes -= static_cast<int64_t>(m->reported);
   }
-  iso->wasm_memories.erase(m);
   iso->wasm_count.fetch_sub(1, std::memory_order_relaxed);
   all_memories.fetch_sub(1, std::memory_order_relaxed);
   delete m;
 }
 
-void Collected(const v8::WeakCallbackInfo<WasmMemory>& info) {
-  info.GetParameter()->memory.Reset();
-  info.SetSecondPassCallback(Forget);
-}
-
-// Re-read every memory's size, and tell V8 what changed.
+// Re-read every memory's size, forget those whose pages are gone, and
+// tell V8 what changed.
 void Refresh(cdn_engine_isolate_t* iso) {
   if (iso->wasm_memories.empty()) return;
   Isolate* isolate = iso->isolate;
   HandleScope scope(isolate);
   int64_t delta = 0;
-  for (WasmMemory* m : iso->wasm_memories) {
-    if (m->memory.IsEmpty()) continue;  // collected, not yet forgotten
-    size_t size = SizeOf(isolate, m->memory);
+  for (auto it = iso->wasm_memories.begin(); it != iso->wasm_memories.end();) {
+    WasmMemory* m = *it;
+    std::shared_ptr<v8::BackingStore> store;
+    if (!m->memory.IsEmpty()) {
+      store = StoreOf(isolate, m->memory);
+      m->store = store;  // (a grow may have moved it)
+    } else {
+      store = m->store.lock();
+    }
+    if (store == nullptr) {
+      it = iso->wasm_memories.erase(it);
+      Forget(iso, m);
+      continue;
+    }
+    size_t size = store->ByteLength();
     delta += static_cast<int64_t>(size) - static_cast<int64_t>(m->reported);
     m->reported = size;
+    ++it;
   }
-  // (After the loop: reporting may collect, and a collection may forget.)
   if (!kV8CountsWasmMemory && delta != 0) {
     iso->wasm_bytes += delta;
     AdjustExternal(isolate, delta);
@@ -387,9 +414,12 @@ bool Fits(cdn_engine_isolate_t* iso, uint64_t bytes) {
   return false;
 }
 
-void Track(cdn_engine_isolate_t* iso, Local<Object> memory) {
-  auto* m = new WasmMemory{iso, v8::Global<Object>(iso->isolate, memory)};
-  m->memory.SetWeak(m, Collected, v8::WeakCallbackType::kParameter);
+void Track(cdn_engine_isolate_t* iso, Local<Object> memory,
+           uint64_t max_bytes) {
+  auto* m = new WasmMemory;
+  m->memory.Reset(iso->isolate, memory);
+  m->memory.SetWeak();
+  m->max_bytes = max_bytes;
   iso->wasm_memories.insert(m);
   iso->wasm_count.fetch_add(1, std::memory_order_relaxed);
   all_memories.fetch_add(1, std::memory_order_relaxed);
@@ -397,24 +427,43 @@ void Track(cdn_engine_isolate_t* iso, Local<Object> memory) {
   StartPoll(iso, 0);
 }
 
-// Whether another memory may be made (after a thorough collection, which
-// frees dropped ones, if not at first); a RangeError otherwise, as V8
-// throws when it has no address space left.
-bool Room(cdn_engine_isolate_t* iso) {
-  auto full = [iso]() {
+// What the live memories' maxima leave of kMaxGrowth x the limit.
+uint64_t GrowthLeft(cdn_engine_isolate_t* iso) {
+  uint64_t used = 0;
+  for (WasmMemory* m : iso->wasm_memories) used += m->max_bytes;
+  uint64_t all = static_cast<uint64_t>(iso->memory_limit) * kMaxGrowth;
+  return used < all ? all - used : 0;
+}
+
+void ThrowNoRoom(Isolate* isolate, const char* why) {
+  std::string message =
+      std::string("WebAssembly.Memory(): could not allocate memory (") + why +
+      ")";
+  isolate->ThrowException(v8::Exception::RangeError(
+      String::NewFromUtf8(isolate, message.c_str()).ToLocalChecked()));
+}
+
+// Whether another memory of `min_bytes` at least may be made (after a
+// thorough collection, which frees dropped ones, if not at first); a
+// RangeError otherwise, as V8 throws when it has no address space left.
+// *left: what its maximum may be.
+bool Room(cdn_engine_isolate_t* iso, uint64_t min_bytes, uint64_t* left) {
+  auto full = [iso, min_bytes, left]() {
+    Refresh(iso);
+    *left = GrowthLeft(iso);
     return iso->wasm_count.load() >= kMaxMemories ||
-           all_memories.load() >= kMaxAllMemories;
+           all_memories.load() >= kMaxAllMemories || *left < min_bytes;
   };
   if (!full()) return true;
   iso->recovering = true;
   iso->isolate->LowMemoryNotification();
   iso->recovering = false;
   if (!full()) return true;
-  iso->isolate->ThrowException(
-      v8::Exception::RangeError(String::NewFromUtf8Literal(
-          iso->isolate,
-          "WebAssembly.Memory(): could not allocate memory (a sandbox holds "
-          "at most 8 WebAssembly memories at a time)")));
+  ThrowNoRoom(iso->isolate,
+              *left < min_bytes
+                  ? "the maxima of its memories would pass 4x the limit"
+                  : "a sandbox holds at most 8 WebAssembly memories at a "
+                    "time");
   return false;
 }
 
@@ -441,16 +490,17 @@ v8::MaybeLocal<Object> NewOrig(const FunctionCallbackInfo<Value>& info,
       ->NewInstance(context, static_cast<int>(args->size()), args->data());
 }
 
-// A page count from a descriptor value (a Number, or a BigInt for 64-bit
-// memories); false if V8 would reject it anyway.
-bool Pages(Local<Context> context, Local<Value> v, uint64_t* out) {
+// A page count from a descriptor value, already a primitive (a Number,
+// or a BigInt for 64-bit memories); false if V8 would reject it anyway.
+bool Pages(Local<Value> v, uint64_t* out) {
   if (v->IsBigInt()) {
     bool lossless;
     *out = v.As<v8::BigInt>()->Uint64Value(&lossless);
     return lossless;
   }
-  double d;
-  if (!v->NumberValue(context).To(&d) || !(d >= 0) || d > 1e15) return false;
+  if (!v->IsNumber()) return false;
+  double d = v.As<v8::Number>()->Value();
+  if (!(d >= 0) || d > 1e15) return false;
   *out = static_cast<uint64_t>(d);
   return true;
 }
@@ -462,6 +512,13 @@ Local<Value> PagesValue(Isolate* isolate, uint64_t pages, bool is64) {
 
 // Make a memory from a descriptor, its maximum clamped to the limit,
 // checked and tracked. Empty with an exception or a stop.
+//
+// The descriptor is read once, each value converted once (as the
+// constructor would: ToString for the address type, ToBigInt or ToNumber
+// for sizes, ToBoolean for shared), and V8 is given only those primitives
+// on an object without a prototype: a getter or valueOf that answers
+// differently the second time, or one on Object.prototype, cannot make V8
+// build another memory than the one checked.
 v8::MaybeLocal<Object> NewMemory(Local<Context> context, Local<Function> orig,
                                  Local<Value> descriptor) {
   Isolate* isolate =
@@ -470,46 +527,79 @@ v8::MaybeLocal<Object> NewMemory(Local<Context> context, Local<Function> orig,
   if (!descriptor->IsObject())
     return orig->NewInstance(context, 1, &descriptor);
   Local<Object> in = descriptor.As<Object>();
-  Local<Object> copy = Object::New(isolate);
-  static const char* const kKeys[] = {"address", "index",   "initial",
-                                      "minimum", "maximum", "shared"};
-  Local<Value> values[6];
-  for (int i = 0; i < 6; i++) {
+  Local<Object> copy =
+      Object::New(isolate, v8::Null(isolate), nullptr, nullptr, 0);
+  enum { kAddress, kIndex, kInitial, kMinimum, kMaximum, kShared, kCount };
+  static const char* const kKeys[kCount] = {"address", "index",   "initial",
+                                            "minimum", "maximum", "shared"};
+  Local<Value> values[kCount];
+  for (int i = 0; i < kCount; i++) {
     Local<String> key = String::NewFromUtf8(isolate, kKeys[i]).ToLocalChecked();
     if (!in->Get(context, key).ToLocal(&values[i])) return {};
-    if (!values[i]->IsUndefined() &&
-        copy->CreateDataProperty(context, key, values[i]).IsNothing())
+  }
+  // The address type first: it decides how the sizes convert.
+  bool is64 = false;
+  for (int i : {kAddress, kIndex}) {
+    if (values[i]->IsUndefined()) continue;
+    Local<String> str;
+    if (!values[i]->ToString(context).ToLocal(&str)) return {};
+    values[i] = str;
+    is64 =
+        is64 || str->StringEquals(String::NewFromUtf8Literal(isolate, "i64"));
+  }
+  for (int i : {kInitial, kMinimum, kMaximum}) {
+    if (values[i]->IsUndefined()) continue;
+    if (is64) {
+      Local<v8::BigInt> big;
+      if (!values[i]->ToBigInt(context).ToLocal(&big)) return {};
+      values[i] = big;
+    } else {
+      Local<v8::Number> num;
+      if (!values[i]->ToNumber(context).ToLocal(&num)) return {};
+      values[i] = num;
+    }
+  }
+  if (!values[kShared]->IsUndefined())
+    values[kShared] =
+        v8::Boolean::New(isolate, values[kShared]->BooleanValue(isolate));
+  for (int i = 0; i < kCount; i++) {
+    if (values[i]->IsUndefined()) continue;
+    Local<String> key = String::NewFromUtf8(isolate, kKeys[i]).ToLocalChecked();
+    if (copy->CreateDataProperty(context, key, values[i]).IsNothing())
       return {};
   }
-  Local<Value> initial_v = values[2]->IsUndefined() ? values[3] : values[2];
+  Local<Value> initial_v =
+      values[kInitial]->IsUndefined() ? values[kMinimum] : values[kInitial];
   uint64_t initial, maximum = 0, limit = LimitPages(iso);
-  bool has_max = !values[4]->IsUndefined();
-  bool shared = values[5]->BooleanValue(isolate);
-  bool valid = Pages(context, initial_v, &initial) &&
-               (!has_max || Pages(context, values[4], &maximum)) &&
+  bool has_max = !values[kMaximum]->IsUndefined();
+  bool shared = values[kShared]->IsTrue();
+  bool valid = Pages(initial_v, &initial) &&
+               (!has_max || Pages(values[kMaximum], &maximum)) &&
                (!has_max || initial <= maximum);
-  if (valid) {
-    bool is64 = initial_v->IsBigInt();
-    if (initial > limit) {
-      Stop(iso);
-      return {};
-    }
-    // (A 32-bit memory has at most 65536 pages.)
-    uint64_t clamp = is64 ? limit : std::min<uint64_t>(limit, 65536);
-    if ((has_max && maximum > clamp) || (!has_max && !shared)) {
-      Local<String> key = String::NewFromUtf8Literal(isolate, "maximum");
-      if (copy->CreateDataProperty(context, key,
-                                   PagesValue(isolate, clamp, is64))
-              .IsNothing())
-        return {};
-    }
-    if (!Fits(iso, initial * kPageSize)) return {};
-  }
-  if (!Room(iso)) return {};
+  // (Invalid: V8 throws for these primitives without making a memory.)
   Local<Value> arg = copy;
+  if (!valid) return orig->NewInstance(context, 1, &arg);
+  if (initial > limit) {
+    Stop(iso);
+    return {};
+  }
+  if (!Fits(iso, initial * kPageSize)) return {};
+  uint64_t left;
+  if (!Room(iso, initial * kPageSize, &left)) return {};
+  // (A 32-bit memory has at most 65536 pages.)
+  uint64_t clamp = std::min<uint64_t>(limit, left / kPageSize);
+  if (!is64) clamp = std::min<uint64_t>(clamp, 65536);
+  if (!has_max) maximum = shared ? initial : clamp;
+  if ((has_max && maximum > clamp) || (!has_max && !shared)) {
+    maximum = clamp;
+    Local<String> key = String::NewFromUtf8Literal(isolate, "maximum");
+    if (copy->CreateDataProperty(context, key, PagesValue(isolate, clamp, is64))
+            .IsNothing())
+      return {};
+  }
   Local<Object> memory;
   if (!orig->NewInstance(context, 1, &arg).ToLocal(&memory)) return {};
-  Track(iso, memory);
+  Track(iso, memory, maximum * kPageSize);
   return memory;
 }
 
@@ -555,18 +645,22 @@ bool MemoryImports(Local<Context> context, Local<Function> imports_fn,
     return false;
   Local<Array> a = list.As<Array>();
   for (uint32_t i = 0; i < a->Length(); i++) {
-    Local<Value> e, mod, name;
+    Local<Value> e, mod, name, kind;
     if (!a->Get(context, i).ToLocal(&e) || !e->IsObject() ||
         !e.As<Object>()
              ->Get(context, String::NewFromUtf8Literal(isolate, "module"))
              .ToLocal(&mod) ||
         !e.As<Object>()
              ->Get(context, String::NewFromUtf8Literal(isolate, "name"))
-             .ToLocal(&name))
+             .ToLocal(&name) ||
+        !e.As<Object>()
+             ->Get(context, String::NewFromUtf8Literal(isolate, "kind"))
+             .ToLocal(&kind))
       return false;
     Limits l;
     std::string field = Utf8(isolate, name);
-    if (Utf8(isolate, mod) == kMemoryModule && ParseFieldName(field, &l))
+    if (Utf8(isolate, mod) == kMemoryModule &&
+        Utf8(isolate, kind) == "memory" && ParseFieldName(field, &l))
       out->emplace_back(std::move(field), l);
   }
   return true;
@@ -708,43 +802,24 @@ void ModuleCtor(const FunctionCallbackInfo<Value>& info) {
     info.GetReturnValue().Set(module);
 }
 
-// An async compilation settled: the host loop need not wait for it.
-void AsyncSettled(const FunctionCallbackInfo<Value>& info) {
-  Isolate* isolate = info.GetIsolate();
-  IsoOf(isolate)->wasm_async.fetch_sub(1, std::memory_order_release);
-  if (info.Data()->IsTrue())
-    isolate->ThrowException(info[0]);
-  else
-    info.GetReturnValue().Set(info[0]);
-}
-
-// The promise of an async compilation, counted until it settles (the host
-// loop stays alive meanwhile, as Node's does for its own: the result would
-// otherwise be lost when nothing else keeps the host process running).
+// The promise of an async compilation, counted while it is pending (the
+// host loop stays alive meanwhile, as Node's does for its own: the result
+// would otherwise be lost when nothing else keeps the host process
+// running). Counted by its own state, not by a reaction, which a
+// termination could drop; and only while its context lives.
 void ReturnCounted(const FunctionCallbackInfo<Value>& info,
                    Local<Value> result) {
   Isolate* isolate = info.GetIsolate();
-  Local<Context> context = isolate->GetCurrentContext();
-  Local<Function> fulfilled, rejected;
-  Local<v8::Promise> counted;
-  if (!result->IsPromise() ||
-      !Function::New(context, AsyncSettled, v8::False(isolate), 1,
-                     v8::ConstructorBehavior::kThrow)
-           .ToLocal(&fulfilled) ||
-      !Function::New(context, AsyncSettled, v8::True(isolate), 1,
-                     v8::ConstructorBehavior::kThrow)
-           .ToLocal(&rejected)) {
-    info.GetReturnValue().Set(result);
-    return;
-  }
-  IsoOf(isolate)->wasm_async.fetch_add(1, std::memory_order_relaxed);
-  if (!result.As<v8::Promise>()
-           ->Then(context, fulfilled, rejected)
-           .ToLocal(&counted)) {
-    IsoOf(isolate)->wasm_async.fetch_sub(1, std::memory_order_relaxed);
-    return;
-  }
-  info.GetReturnValue().Set(counted);
+  cdn_engine_isolate_t* iso = IsoOf(isolate);
+  info.GetReturnValue().Set(result);
+  if (!result->IsPromise()) return;
+  auto* rec = static_cast<ContextRecord*>(GetContextPointer(
+      isolate->GetCurrentContext(), kContextRecordSlot, kTagContextRecord));
+  if (rec == nullptr) return;
+  iso->wasm_pending.push_back(
+      {v8::Global<v8::Promise>(isolate, result.As<v8::Promise>()), rec->link});
+  iso->wasm_async.store(static_cast<int>(iso->wasm_pending.size()),
+                        std::memory_order_release);
 }
 
 // An async entry's end: the original's promise, counted; or, when `ok` is
@@ -943,16 +1018,27 @@ bool InstallWasmLimits(cdn_engine_isolate_t* iso, Local<Context> context) {
 
 void RefreshWasmMemories(cdn_engine_isolate_t* iso) {
   Refresh(iso);
+  auto& pending = iso->wasm_pending;
+  for (auto it = pending.begin(); it != pending.end();) {
+    auto link = it->second.lock();
+    if (link == nullptr || link->rec == nullptr ||
+        it->first.Get(iso->isolate)->State() != v8::Promise::kPending) {
+      it = pending.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  iso->wasm_async.store(static_cast<int>(pending.size()),
+                        std::memory_order_release);
 }
 
 void FreeWasmMemories(cdn_engine_isolate_t* iso) {
-  for (WasmMemory* m : iso->wasm_memories) {
-    m->memory.Reset();
-    delete m;
-  }
+  for (WasmMemory* m : iso->wasm_memories) delete m;
   all_memories.fetch_sub(iso->wasm_memories.size());
   iso->wasm_memories.clear();
   iso->wasm_count.store(0);
+  iso->wasm_pending.clear();
+  iso->wasm_async.store(0);
 }
 
 }  // namespace cordon
