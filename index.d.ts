@@ -52,7 +52,8 @@ export interface RunOptions {
   /**
    * Milliseconds (integer, 1 to 2^32-1) after which the run is terminated
    * and a TimeoutError thrown. The bound covers compiling, running, the
-   * microtasks the run queued and copying the result out. Default: none.
+   * microtasks the run queued and copying the result out, and (see
+   * untilSettled) what the run spawns until then. Default: none.
    */
   timeout?: number;
   /**
@@ -61,12 +62,26 @@ export interface RunOptions {
    * Default: none.
    */
   cpuTimeout?: number;
+  /**
+   * true (default): `timeout` also covers the promises the run hands out
+   * (they reject with a TimeoutError at its deadline) and the sandbox code
+   * that host promises resume (not resumed after it). false: only the run.
+   */
+  untilSettled?: boolean;
+  /**
+   * Aborts the run: its promise rejects with an AbortError at once and the
+   * run is stopped (or taken off its queue). A sync run only checks it
+   * before it starts.
+   */
+  signal?: AbortSignal;
 }
 
 /** The bounds of one run or call. */
 export interface Bounds {
   timeout?: number;
   cpuTimeout?: number;
+  untilSettled?: boolean;
+  signal?: AbortSignal;
 }
 
 /**
@@ -188,7 +203,7 @@ export class Module {
   readonly context: Context;
   readonly filename: string;
   /** Load its static imports through the callback, link and evaluate it. */
-  evaluate(options?: { timeout?: number }): Promise<void>;
+  evaluate(options?: { timeout?: number; signal?: AbortSignal }): Promise<void>;
 }
 
 /** Code compiled once, runnable in any context of its isolate. */
@@ -262,6 +277,11 @@ export class MemoryLimitError extends RangeError {
    * collection (a global kept what it allocated): the isolate was disposed.
    */
   isolateDisposed: boolean;
+}
+
+/** A run was aborted through its `signal`. code: 'ABORT_ERR'; cause: the signal's reason. */
+export class AbortError extends Error {
+  readonly code: 'ABORT_ERR';
 }
 
 /** The isolate or context was disposed. code: 'ERR_ISOLATE_DISPOSED'. */

@@ -8,6 +8,7 @@ const { EventEmitter } = require('node:events');
 const binding = require('./binding');
 const errors = require('./errors');
 const marshal = require('./marshal');
+const cancel = require('./cancel');
 const { isNativeError } = require('node:util').types;
 const {
   validateString,
@@ -43,6 +44,7 @@ const KCPUTIMEOUT = -103;
 const KBUSY = -104;
 const EUNSAFE = -7;
 const KSHUTDOWN = -105;
+const KABORTED = -106;
 
 const STANDARD_ERRORS = {
   Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError,
@@ -59,6 +61,8 @@ let activeContext = null;
 // out reject with a TimeoutError then, and host-promise settlements that
 // would resume its sandbox code after it are dropped.
 let activeDeadline = 0;
+// Its AbortSignal, if it has one: an abort ends what it spawned likewise.
+let activeSignal;
 const now = () => performance.now();
 // The isolate a Script is being compiled in (it has no context).
 let compilingIsolate = null;
@@ -123,6 +127,8 @@ function makeError(kind, name, message, stack, value, code) {
         'The host runs with --allow-natives-syntax, which would let sandbox code call V8 runtime functions ' +
         '(%AbortJS ends the process); pass { allowUnsafeHostFlags: true } to make the isolate anyway'),
       'ERR_CORDON_UNSAFE_HOST_FLAGS');
+    case KABORTED:
+      return new cancel.AbortError();
     case KSHUTDOWN:
       return withCode(new Error('The process is exiting: async runs were stopped'), 'ERR_CORDON_SHUTDOWN');
     case ECLONE:
@@ -195,13 +201,20 @@ function makeDeferred() {
     const timeout = activeTimeout;
     timer = setTimeout(() => {
       timer = null;
+      unwatch();
       rejectSandboxPromise(promise, reject, new TimeoutError(timeout), context);
     }, Math.max(0, activeDeadline - now()));
   }
+  const signal = activeSignal;
+  const unwatch = cancel.watch(signal, () => {
+    if (timer !== null) clearTimeout(timer);
+    rejectSandboxPromise(promise, reject, cancel.abortError(signal), context);
+  });
   return {
     promise,
     settle(state, value, name, message, stack, code) {
       if (timer !== null) clearTimeout(timer);
+      unwatch();
       if (state === 1) {
         resolve(decodeIn(context, value));
       } else if (state === 2) {
@@ -215,14 +228,35 @@ function makeDeferred() {
   };
 }
 
+// A fair share for the host loop: settlements resume sandbox code from the
+// host's microtask queue, where a sandbox that awaits host promises in a
+// loop would keep the host loop from ever turning again (no timer, no I/O,
+// no abort). Once settlements have run for SETTLE_SLICE ms without the
+// loop turning, the next ones wait for its next turn (setImmediate).
+const SETTLE_SLICE = 10;
+let sliceStart = -1; // when this turn's settlements began; -1: not yet
+function sliceLeft() {
+  const t = now();
+  if (sliceStart < 0) {
+    sliceStart = t;
+    setImmediate(() => { sliceStart = -1; });
+  }
+  return t - sliceStart < SETTLE_SLICE;
+}
+
 // The sandbox awaits host promise `promise`: settle its side (the resolver
 // `handle`) when it settles, and run the sandbox's microtasks then, bounded
 // by the context's timeout or SETTLE_TIMEOUT.
 function adopt(promise, handle) {
   const context = activeContext;
   const deadline = activeDeadline;
+  const signal = activeSignal;
   const settle = (rejected, value) => {
-    if (context === null || context.isDisposed) return;
+    if (context === null || context.isDisposed || signal?.aborted) return;
+    if (!sliceLeft()) {
+      setImmediate(() => settle(rejected, value));
+      return;
+    }
     let timeout = contextTimeout(context) || SETTLE_TIMEOUT;
     if (deadline > 0) {
       // The unit of work that awaits it has run out of time: its sandbox
@@ -247,7 +281,7 @@ function adopt(promise, handle) {
     }
     try {
       boundedRaw(context, () => binding.settleSandbox(handle, rejected, encoded, timeout, description,
-        jobDone(context, timeout, deadline)), timeout, 0, deadline);
+        jobDone(context, timeout, deadline, signal)), timeout, 0, deadline, signal);
     } catch {
       // A timeout or a disposal while the sandbox reacted: nothing awaits it
       // on the host side.
@@ -276,10 +310,10 @@ function rejectionHook(context, value, name, message, stack, code) {
 const scopes = [];
 function jobScope(done, elapsed) {
   if (done === undefined) {
-    [activeTimeout, activeCpuTimeout, activeContext, activeDeadline] = scopes.pop();
+    [activeTimeout, activeCpuTimeout, activeContext, activeDeadline, activeSignal] = scopes.pop();
     return;
   }
-  scopes.push([activeTimeout, activeCpuTimeout, activeContext, activeDeadline]);
+  scopes.push([activeTimeout, activeCpuTimeout, activeContext, activeDeadline, activeSignal]);
   if (done === null) return;
   // An async run's bound counts from when its runner started it (elapsed
   // ms ago; undefined: it never started).
@@ -290,16 +324,18 @@ function jobScope(done, elapsed) {
   activeCpuTimeout = done.cpuTimeout;
   activeContext = done.context;
   activeDeadline = done.deadline;
+  activeSignal = done.signal;
 }
 
 // The `done` of a job of the native layer's own (a settlement queued behind
 // an async run): nothing waits for its outcome; it carries the scope.
-function jobDone(context, timeout, deadline) {
+function jobDone(context, timeout, deadline, signal) {
   const done = () => {};
   done.context = context;
   done.timeout = timeout;
   done.cpuTimeout = 0;
   done.deadline = deadline;
+  done.signal = signal;
   return done;
 }
 
@@ -451,24 +487,27 @@ function encodeArg(context, value, index) {
 // makeError know the call's bounds and context.
 // `untilSettled` false: the bound covers the call itself, not the promises
 // it hands out.
-function bounded(context, timeout, fn, cpuTimeout = 0, untilSettled = true) {
+function bounded(context, timeout, fn, cpuTimeout = 0, untilSettled = true, signal = undefined) {
+  if (signal?.aborted) throw cancel.abortError(signal);
   const deadline = timeout > 0 && untilSettled ? now() + timeout : 0;
-  const result = boundedRaw(context, fn, timeout, cpuTimeout, deadline);
+  const result = boundedRaw(context, fn, timeout, cpuTimeout, deadline, signal);
   return typeof result === 'object' && result !== null ? decodeIn(context, result, timeout, cpuTimeout) : result;
 }
 
 // The same for native calls that return handles rather than values. With
 // no bounds given it runs under the active ones.
 function boundedRaw(context, fn, timeout = activeTimeout, cpuTimeout = activeCpuTimeout,
-  deadline = timeout === activeTimeout ? activeDeadline : 0) {
+  deadline = timeout === activeTimeout ? activeDeadline : 0, signal = activeSignal) {
   const prevTimeout = activeTimeout;
   const prevCpuTimeout = activeCpuTimeout;
   const prevContext = activeContext;
   const prevDeadline = activeDeadline;
+  const prevSignal = activeSignal;
   activeTimeout = timeout;
   activeCpuTimeout = cpuTimeout;
   activeContext = context;
   activeDeadline = deadline;
+  activeSignal = signal;
   try {
     return fn();
   } finally {
@@ -476,6 +515,7 @@ function boundedRaw(context, fn, timeout = activeTimeout, cpuTimeout = activeCpu
     activeCpuTimeout = prevCpuTimeout;
     activeContext = prevContext;
     activeDeadline = prevDeadline;
+    activeSignal = prevSignal;
   }
 }
 
@@ -484,10 +524,31 @@ function boundedRaw(context, fn, timeout = activeTimeout, cpuTimeout = activeCpu
 // ...makeError's arguments) from the host loop, inside jobScope(done).
 // `done.keep` holds the handles the job uses (a Script, a function's
 // target) until then.
-function runAsync(context, timeout, cpuTimeout, keep, start, untilSettled = true) {
+//
+// `signal` aborts it: its promise rejects with an AbortError at once, and
+// the job is taken off its queue or stopped. Disposing the context rejects
+// it with a DisposedError the same way.
+function runAsync(context, timeout, cpuTimeout, keep, start, untilSettled = true, signal = undefined) {
+  if (signal?.aborted) return Promise.reject(cancel.abortError(signal));
   return new Promise((resolve, reject) => {
+    const jobs = contextJobs(context);
+    // (id and unwatch are set below, before anything can call these.)
+    const job = (error) => {
+      end();
+      try {
+        binding.isolateAbort(isolateHandle(context.isolate), id);
+      } catch {
+        // the isolate is gone, and the job with it
+      }
+      reject(error);
+    };
+    const end = () => {
+      unwatch();
+      jobs.delete(job);
+    };
     // done(0, result), or done(status, kind, name, message, stack, value, code)
     const done = (status, a, name, message, stack, value, code) => {
+      end();
       if (status === 0) {
         resolve(typeof a === 'object' && a !== null ? decodeIn(context, a, timeout, cpuTimeout) : a);
         return;
@@ -499,7 +560,10 @@ function runAsync(context, timeout, cpuTimeout, keep, start, untilSettled = true
     done.timeout = timeout;
     done.cpuTimeout = cpuTimeout;
     done.untilSettled = untilSettled;
-    start(done);
+    done.signal = signal;
+    const id = start(done);
+    jobs.add(job);
+    const unwatch = cancel.watch(signal, () => job(cancel.abortError(signal)));
   });
 }
 
@@ -511,6 +575,7 @@ let contextHandle;
 let contextTimeout;
 let contextImport;
 let contextModules;
+let contextJobs;
 const kConstruct = Symbol('cordon.construct');
 
 // Host V8 flags that install globals under a name cordon cannot know, so
@@ -636,6 +701,7 @@ class Context {
   #importCallback;
   #modules = new Map(); // module map of import(): resolved key -> Module
   #disposed = false;
+  #jobs = new Set(); // its async jobs not yet settled: cancel(error)
 
   static {
     contextHandle = (context) => {
@@ -646,6 +712,7 @@ class Context {
     contextTimeout = (context) => context.#timeout;
     contextImport = (context) => context.#importCallback;
     contextModules = (context) => context.#modules;
+    contextJobs = (context) => context.#jobs;
   }
 
   static isContext(value) {
@@ -699,15 +766,20 @@ class Context {
       const importCallback = (typeof options === 'object' ? importOption(o.opts) : undefined) ??
         this.#importCallback;
       return runAsync(this, timeout, o.cpuTimeout, this, (done) => binding.runAsync(handle, code, o.filename,
-        o.lineOffset, o.columnOffset, timeout, importCallback, o.cpuTimeout, done), o.untilSettled);
+        o.lineOffset, o.columnOffset, timeout, importCallback, o.cpuTimeout, done), o.untilSettled, o.signal);
     } catch (error) {
       return Promise.reject(error);
     }
   }
 
-  /** Free the context. Idempotent. */
+  /**
+   * Free the context. Its async runs, queued or running, are stopped and
+   * reject with a DisposedError; the isolate's other contexts go on.
+   * Idempotent.
+   */
   dispose() {
     if (this.#disposed) return;
+    for (const job of [...this.#jobs]) job(new DisposedError('context'));
     this.#disposed = true;
     binding.contextDispose(this.#handle);
   }
@@ -785,7 +857,7 @@ function sourceOptions(options, name) {
   if (typeof options === 'string') {
     return {
       opts: { filename: options }, filename: options, lineOffset: 0, columnOffset: 0, timeout: 0, cpuTimeout: 0,
-      untilSettled: true,
+      untilSettled: true, signal: undefined,
     };
   }
   const opts = optionsObject(options, name);
@@ -800,7 +872,10 @@ function sourceOptions(options, name) {
   else validateInt32(columnOffset, `${name}.columnOffset`);
   const timeout = validateTimeout(getOption(opts, 'timeout', `${name}.timeout`), `${name}.timeout`);
   const cpuTimeout = validateTimeout(getOption(opts, 'cpuTimeout', `${name}.cpuTimeout`), `${name}.cpuTimeout`);
-  return { opts, filename, lineOffset, columnOffset, timeout, cpuTimeout, untilSettled: untilSettledOption(opts, name) };
+  return {
+    opts, filename, lineOffset, columnOffset, timeout, cpuTimeout, untilSettled: untilSettledOption(opts, name),
+    signal: cancel.validateSignal(getOption(opts, 'signal', `${name}.signal`), `${name}.signal`),
+  };
 }
 
 // options.untilSettled (default true): a run's wall bound covers the
@@ -815,12 +890,17 @@ function untilSettledOption(opts, name) {
 // { timeout, cpuTimeout } of a run's options; the context's timeout when
 // none is given.
 function runBounds(options, context) {
-  if (options === undefined) return { timeout: contextTimeout(context), cpuTimeout: 0, untilSettled: true };
+  if (options === undefined) {
+    return { timeout: contextTimeout(context), cpuTimeout: 0, untilSettled: true, signal: undefined };
+  }
   const opts = optionsObject(options, 'options');
   const timeout = validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout') ||
     contextTimeout(context);
   const cpuTimeout = validateTimeout(getOption(opts, 'cpuTimeout', 'options.cpuTimeout'), 'options.cpuTimeout');
-  return { timeout, cpuTimeout, untilSettled: untilSettledOption(opts, 'options') };
+  return {
+    timeout, cpuTimeout, untilSettled: untilSettledOption(opts, 'options'),
+    signal: cancel.validateSignal(getOption(opts, 'signal', 'options.signal'), 'options.signal'),
+  };
 }
 
 function runInContext(code, context, options) {
@@ -839,17 +919,21 @@ function runIn(code, context, options, disposeUnused) {
     contextImport(context);
   const run = () => binding.run(handle, code, o.filename, o.lineOffset, o.columnOffset, timeout, importCallback,
     o.cpuTimeout);
-  if (!disposeUnused) return bounded(context, timeout, run, o.cpuTimeout, o.untilSettled);
-  return boundedOnce(context, timeout, run, o.cpuTimeout, o.untilSettled);
+  if (!disposeUnused) return bounded(context, timeout, run, o.cpuTimeout, o.untilSettled, o.signal);
+  if (o.signal?.aborted) {
+    context.dispose();
+    throw cancel.abortError(o.signal);
+  }
+  return boundedOnce(context, timeout, run, o.cpuTimeout, o.untilSettled, o.signal);
 }
 
 // bounded() in a context made for this one run: disposed after it, unless
 // the result refers into it (functions, promises: then it is freed once
 // the host collects them, as node:vm's contexts are).
-function boundedOnce(context, timeout, run, cpuTimeout, untilSettled) {
+function boundedOnce(context, timeout, run, cpuTimeout, untilSettled, signal) {
   let raw;
   try {
-    raw = boundedRaw(context, run, timeout, cpuTimeout, timeout > 0 && untilSettled ? now() + timeout : 0);
+    raw = boundedRaw(context, run, timeout, cpuTimeout, timeout > 0 && untilSettled ? now() + timeout : 0, signal);
   } catch (error) {
     context.dispose();
     throw error;
@@ -939,9 +1023,9 @@ class Script {
 
   runInContext(context, options) {
     const handle = this.#contextFor(context);
-    const { timeout, cpuTimeout, untilSettled } = runBounds(options, context);
+    const { timeout, cpuTimeout, untilSettled, signal } = runBounds(options, context);
     return bounded(context, timeout, () => binding.scriptRun(this.#handle, handle, timeout, cpuTimeout), cpuTimeout,
-      untilSettled);
+      untilSettled, signal);
   }
 
   /**
@@ -954,10 +1038,10 @@ class Script {
   run(context, options) {
     try {
       const handle = this.#contextFor(context);
-      const { timeout, cpuTimeout, untilSettled } = runBounds(options, context);
+      const { timeout, cpuTimeout, untilSettled, signal } = runBounds(options, context);
       const script = this.#handle;
       return runAsync(context, timeout, cpuTimeout, [this, context],
-        (done) => binding.scriptRunAsync(script, handle, timeout, cpuTimeout, done), untilSettled);
+        (done) => binding.scriptRunAsync(script, handle, timeout, cpuTimeout, done), untilSettled, signal);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -974,9 +1058,13 @@ class Script {
   runInNewContext(contextObject, options) {
     const context = createContext(contextObject, { isolate: this.#isolate });
     const handle = this.#contextFor(context);
-    const { timeout, cpuTimeout, untilSettled } = runBounds(options, context);
+    const { timeout, cpuTimeout, untilSettled, signal } = runBounds(options, context);
+    if (signal?.aborted) {
+      context.dispose();
+      throw cancel.abortError(signal);
+    }
     return boundedOnce(context, timeout, () => binding.scriptRun(this.#handle, handle, timeout, cpuTimeout), cpuTimeout,
-      untilSettled);
+      untilSettled, signal);
   }
 }
 
@@ -1027,11 +1115,13 @@ function applyArgs(fn, args, options) {
     target.timeout || (target.context ? contextTimeout(target.context) : 0);
   const cpuTimeout = validateTimeout(getOption(opts, 'cpuTimeout', 'options.cpuTimeout'), 'options.cpuTimeout') ||
     target.cpuTimeout;
-  return { target, args, timeout, cpuTimeout };
+  const signal = cancel.validateSignal(getOption(opts, 'signal', 'options.signal'), 'options.signal');
+  return { target, args, timeout, cpuTimeout, signal };
 }
 
 function apply(fn, thisArg, args, options) {
   const a = applyArgs(fn, args, options);
+  if (a.signal?.aborted) throw cancel.abortError(a.signal);
   return callTarget(a.target, thisArg, a.args, a.timeout, a.cpuTimeout);
 }
 
@@ -1041,12 +1131,12 @@ function apply(fn, thisArg, args, options) {
  */
 function applyAsync(fn, thisArg, args, options) {
   try {
-    const { target, args: list, timeout, cpuTimeout } = applyArgs(fn, args, options);
+    const { target, args: list, timeout, cpuTimeout, signal } = applyArgs(fn, args, options);
     const context = targetContext(target);
     const encoded = list.map((arg, i) => encodeArg(context, arg, i));
     const recv = encodeArg(context, thisArg, -1);
     return runAsync(context, timeout, cpuTimeout, target,
-      (done) => binding.callAsync(target.handle, timeout, cpuTimeout, done, recv, ...encoded));
+      (done) => binding.callAsync(target.handle, timeout, cpuTimeout, done, recv, ...encoded), true, signal);
   } catch (error) {
     return Promise.reject(error);
   }
@@ -1115,8 +1205,18 @@ class Module {
     const opts = optionsObject(options, 'options');
     const timeout = validateTimeout(getOption(opts, 'timeout', 'options.timeout'), 'options.timeout') ||
       contextTimeout(this.#context);
-    await linkModule(this);
-    await evaluateModule(this, timeout);
+    const signal = cancel.validateSignal(getOption(opts, 'signal', 'options.signal'), 'options.signal');
+    if (signal?.aborted) throw cancel.abortError(signal);
+    const work = (async () => {
+      await linkModule(this);
+      await evaluateModule(this, timeout, signal);
+    })();
+    if (signal === undefined) return work;
+    // Aborted: rejects at once; the module's code is not resumed after.
+    return new Promise((resolve, reject) => {
+      const unwatch = cancel.watch(signal, () => reject(cancel.abortError(signal)));
+      work.then((v) => { unwatch(); resolve(v); }, (e) => { unwatch(); reject(e); });
+    });
   }
 
   // The graph below this module, linked once (cycles included).
@@ -1189,10 +1289,10 @@ function linkModule(module) {
   return Module.link(module, new Set([module]));
 }
 
-async function evaluateModule(module, timeout) {
+async function evaluateModule(module, timeout, signal) {
   const context = module.context;
   // The evaluation promise (a sandbox promise) arrives as a host promise.
-  await bounded(context, timeout, () => binding.moduleEvaluate(moduleHandle(module), timeout));
+  await bounded(context, timeout, () => binding.moduleEvaluate(moduleHandle(module), timeout), 0, true, signal);
 }
 
 // The referrer as the native side hands it over: the live host handle (a
@@ -1279,6 +1379,7 @@ module.exports = {
   applyAsync,
   setCodeCacheKey,
   TimeoutError,
+  AbortError: cancel.AbortError,
   MemoryLimitError,
   DisposedError,
   liveRecords,

@@ -19,6 +19,7 @@ export const {
   applyAsync,
   setCodeCacheKey,
   TimeoutError,
+  AbortError,
   MemoryLimitError,
   DisposedError,
   liveRecords,

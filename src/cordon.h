@@ -125,6 +125,7 @@ struct iso_s {
                            progress began (0: none), for the watchdog */
   int measure_cpu;      /* the outermost run reads the thread's CPU clock */
   iso_job_t* job;       /* the async job its runner runs (holder only) */
+  uint64_t abort_id;    /* the last job run_abort found running (atomic) */
   uv_thread_t runner;   /* the runner thread that holds it, if one does */
   wd_poll_t poll;       /* in the watchdog's poll list, when it asks */
 };
@@ -141,6 +142,7 @@ struct iso_job_s {
   napi_ref done;                /* lib's done(status, ...), or NULL */
   napi_ref keep;                /* a handle the job uses, or NULL */
   uint64_t start_ns;            /* uv_hrtime() when its runner began it */
+  uint64_t id;                  /* unique in the process, from iso_start */
   int err;
   cdn_value_t out;
   iso_job_t* next;
@@ -239,7 +241,8 @@ enum {
   CDN_KDEPTH = -102,
   CDN_KCPUTIMEOUT = -103, /* the CPU-time bound fired */
   CDN_KBUSY = -104,       /* a sync call would wait for its own caller */
-  CDN_KSHUTDOWN = -105    /* the environment no longer runs async jobs */
+  CDN_KSHUTDOWN = -105,   /* the environment no longer runs async jobs */
+  CDN_KABORTED = -106     /* the job was aborted (run_abort) */
 };
 
 /* How deep host callbacks may re-enter one isolate. */
@@ -316,6 +319,11 @@ int run_stop_isolate(iso_t* iso, iso_job_t** jobs);
 void run_forget_results(iso_t* iso);
 /* Host thread: queue a job (under run.mu) and make sure a runner comes. */
 int run_queue(iso_job_t* job);
+/* Host thread: abort job `id` of `iso`. A queued job is taken off the
+ * queue and finished with CDN_KABORTED; a running one is terminated, and
+ * its run ends with CDN_KABORTED once it unwinds (a host callback it waits
+ * for returns first). A finished job is left as it is. */
+void run_abort(iso_t* iso, uint64_t id);
 /* Host thread: a job was settled (or freed). */
 void run_finished(cdn_env_t* cenv);
 /* Runner thread: have the host thread call fn(arg) (or cancel(arg) when

@@ -66,7 +66,9 @@ static int iso__run(iso_t* iso, int runner, double timeout_ms, double cpu_ms,
     cbc0 = iso__load(&iso->cb_cpu_ns);
     if (measured) cpu0 = wd_thread_cpu_ns();
   }
-  if (timeout_ms > 0 || cpu_ms > 0) {
+  /* An async job's run is always armed, so that run_abort can stop it. */
+  entry.tag = runner && outermost && iso->job != NULL ? iso->job->id : 0;
+  if (timeout_ms > 0 || cpu_ms > 0 || entry.tag != 0) {
     entry.outer = iso->top;
     if (wd_arm(&iso->env->wd, &entry, eng, (uint64_t)(timeout_ms * 1e6),
                (uint64_t)(cpu_ms * 1e6), &iso->cb_cpu_ns,
@@ -79,6 +81,9 @@ static int iso__run(iso_t* iso, int runner, double timeout_ms, double cpu_ms,
     }
     armed = 1;
     iso->top = &entry;
+    if (entry.tag != 0 &&
+        __atomic_load_n(&iso->abort_id, __ATOMIC_SEQ_CST) == entry.tag)
+      (void)wd_fire(&iso->env->wd, entry.tag, WD_FIRED_ABORT);
   }
   /* A termination requested while no thread held the isolate is lost when
    * a thread takes the lock (V8 restores that thread's archived stack
@@ -93,7 +98,9 @@ static int iso__run(iso_t* iso, int runner, double timeout_ms, double cpu_ms,
   if (iso->depth == 1) cdn_engine_report_rejections(eng); /* still bounded */
   if (armed && (fired = iso__disarm(iso, &entry)) != 0) {
     cdn_value_free(out);
-    err = fired == WD_FIRED_CPU ? CDN_KCPUTIMEOUT : CDN_KTIMEOUT;
+    err = fired == WD_FIRED_CPU     ? CDN_KCPUTIMEOUT
+          : fired == WD_FIRED_ABORT ? CDN_KABORTED
+                                    : CDN_KTIMEOUT;
   }
   iso->depth--;
   if (iso__load(&iso->dispose_pending)) {
@@ -198,10 +205,16 @@ static void iso__job_scope(cdn_env_t* cenv, iso_job_t* job) {
 }
 
 napi_value iso_start(napi_env env, iso_job_t* job, napi_value done) {
+  static uint64_t next_id = 0; /* (host threads of every environment) */
   iso_t* iso = job->iso;
-  napi_status st = napi_create_reference(env, done, 1, &job->done);
-  int err = st == napi_ok ? iso_submit(job) : CDN_EINTERNAL;
-  if (err == 0) return NULL;
+  napi_value id = NULL;
+  napi_status st;
+  int err;
+  job->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
+  st = napi_create_reference(env, done, 1, &job->done);
+  if (st == napi_ok) st = napi_create_double(env, (double)job->id, &id);
+  err = st == napi_ok ? iso_submit(job) : CDN_EINTERNAL;
+  if (err == 0) return id; /* for abort(isolate, id) */
   if (job->done != NULL) napi_delete_reference(env, job->done);
   job->free(job);
   return cdn_throw(env, iso->env, err, NULL);
@@ -754,6 +767,19 @@ static napi_value iso__js_dispose(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* abort(isolate, id): see run_abort. */
+static napi_value iso__js_abort(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  double id;
+  iso_t* iso;
+  CDN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  iso = iso_from_handle(env, argv[0]);
+  CDN_CALL(env, napi_get_value_double(env, argv[1], &id));
+  if (iso->engine != NULL && id >= 1) run_abort(iso, (uint64_t)id);
+  return NULL;
+}
+
 static int iso__gc_body(void* arg, cdn_value_t* out) {
   (void)out;
   cdn_engine_gc(arg);
@@ -874,6 +900,8 @@ void iso_callback_free(void* cb) {
 napi_value iso_init_exports(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"isolateNew", NULL, iso__js_new, NULL, NULL, NULL, napi_default, NULL},
+      {"isolateAbort", NULL, iso__js_abort, NULL, NULL, NULL, napi_default,
+       NULL},
       {"isolateDispose", NULL, iso__js_dispose, NULL, NULL, NULL, napi_default,
        NULL},
       {"isolateGc", NULL, iso__js_gc, NULL, NULL, NULL, napi_default, NULL},

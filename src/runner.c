@@ -283,6 +283,31 @@ int run_queue(iso_job_t* job) {
   return 0;
 }
 
+void run_abort(iso_t* iso, uint64_t id) {
+  run_t* r = &iso->env->run;
+  iso_job_t* prev = NULL;
+  iso_job_t* job;
+  uv_mutex_lock(&r->mu);
+  for (job = iso->jobs; job != NULL; prev = job, job = job->next) {
+    if (job->id != id) continue;
+    if (prev != NULL)
+      prev->next = job->next;
+    else
+      iso->jobs = job->next;
+    if (iso->jobs_tail == job) iso->jobs_tail = prev;
+    job->err = CDN_KABORTED;
+    run__done(r, job);
+    uv_mutex_unlock(&r->mu);
+    return;
+  }
+  uv_mutex_unlock(&r->mu);
+  /* Running, or between the queue and its deadline's arming: the run
+   * reads abort_id after it arms (iso__run), and wd_fire finds the entry
+   * once it is armed, so one of the two sees it. */
+  __atomic_store_n(&iso->abort_id, id, __ATOMIC_SEQ_CST);
+  (void)wd_fire(&iso->env->wd, id, WD_FIRED_ABORT);
+}
+
 void run_finished(cdn_env_t* cenv) {
   run_t* r = &cenv->run;
   int idle;

@@ -205,6 +205,28 @@ int wd_disarm(wd_t* wd, wd_entry_t* e) {
   return fired;
 }
 
+int wd_fire(wd_t* wd, uint64_t tag, int how) {
+  wd_entry_t* e;
+  int found = 0;
+  if (tag == 0) return 0;
+  uv_mutex_lock(&wd->mu);
+  for (e = wd->head; e != NULL; e = e->next) {
+    if (e->tag != tag || e->fired) continue;
+    e->fired = how;
+    cdn_engine_terminate(e->iso);
+    e->refire_at = uv_hrtime() + WD_REFIRE_NS;
+    found = 1;
+    /* The thread's sleep may end later than this refire is due. */
+    if (e->refire_at < wd->sleeping_until) {
+      wd->sleeping_until = e->refire_at;
+      uv_cond_signal(&wd->cv);
+    }
+    break;
+  }
+  uv_mutex_unlock(&wd->mu);
+  return found;
+}
+
 void wd_refire(wd_t* wd, wd_entry_t* outer) {
   wd_entry_t* e;
   uv_mutex_lock(&wd->mu);

@@ -30,7 +30,7 @@
 typedef struct wd_entry_s wd_entry_t;
 
 /* How an entry fired (wd_disarm's result). */
-enum { WD_FIRED_WALL = 1, WD_FIRED_CPU = 2 };
+enum { WD_FIRED_WALL = 1, WD_FIRED_CPU = 2, WD_FIRED_ABORT = 3 };
 #define WD_CPU_POLL_NS 1000000
 /* A fired entry still armed is terminated again this often: V8 catches a
  * termination inside some builtins (from Node 22, the Error stack accessor
@@ -39,6 +39,7 @@ enum { WD_FIRED_WALL = 1, WD_FIRED_CPU = 2 };
 
 struct wd_entry_s {
   uint64_t deadline; /* uv_hrtime() nanoseconds; UINT64_MAX: none */
+  uint64_t tag;      /* the caller's, for wd_fire (0: none); set before arm */
   cdn_engine_isolate_t* iso;
   int fired;
   uint64_t refire_at; /* once fired: when to terminate again */
@@ -95,6 +96,11 @@ uint64_t wd_thread_cpu_ns(void);
  * isolate was asked to terminate, and the caller must cancel that once the
  * run has unwound. */
 int wd_disarm(wd_t* wd, wd_entry_t* e);
+
+/* Any thread: fire the armed entry tagged `tag` now, as its deadline would
+ * (`how`: WD_FIRED_*, what wd_disarm then returns). Returns 1 if one was
+ * armed and had not fired, else 0. */
+int wd_fire(wd_t* wd, uint64_t tag, int how);
 
 /* Any thread, after cancelling a fired entry's termination: terminate its
  * isolate again if `outer` or an entry around it has fired too. */

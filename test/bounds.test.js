@@ -53,6 +53,20 @@ describe('bounds inherited by what a run spawns', () => {
     assert.ok(calls <= seen + 1, `${calls - seen} host calls after the deadline`);
   });
 
+  // Settlements run from the host's microtask queue: they must leave the
+  // host loop its turns (timers fire, an abort can come).
+  it('should let the host loop turn while an unbounded sandbox loop awaits host promises', async () => {
+    let calls = 0;
+    const c = iso.createContext({ fetch: async () => { calls++; return 1; } });
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 10);
+    cordon.runInContext('(async () => { for (;;) await fetch() })(); 0', c);
+    await sleep(5 * BOUND);
+    clearInterval(timer);
+    assert.ok(calls > 0);
+    assert.ok(ticks >= 5, `${ticks} timer ticks in ${5 * BOUND} ms`);
+  });
+
   it('should keep the old per-settlement bound with untilSettled: false', async () => {
     const p = ctx.run('new Promise((r) => { globalThis.r = r })', { timeout: BOUND, untilSettled: false });
     await sleep(BOUND * 2);

@@ -166,4 +166,18 @@ describe('WebAssembly', () => {
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim(), 'ERR_SCRIPT_EXECUTION_TIMEOUT');
   });
+
+  it('should cap the async compilations pending at once, and take new ones once they settle', async () => {
+    const results = await cordon.runInContext(`const b = ${bytes(withData)};
+      Promise.allSettled(Array.from({ length: 70 }, () => WebAssembly.compile(b)))
+        .then((all) => all.map((r) => r.status === 'fulfilled' ? 'ok' : r.reason.name))`, ctx);
+    assert.equal(results.filter((r) => r === 'ok').length, 64);
+    assert.deepEqual([...new Set(results.filter((r) => r !== 'ok'))], ['RangeError']);
+    assert.equal(await cordon.runInContext(`WebAssembly.compile(${bytes(withData)}).then(() => 'again')`, ctx), 'again');
+  });
+
+  it("should read a descriptor's address type as V8 does (index is not read)", () => {
+    assert.equal(run('new WebAssembly.Memory({ index: "i64", initial: 1 }).buffer.byteLength'), 65536);
+    assert.equal(run('new WebAssembly.Memory({ index: Symbol(), initial: 1 }).buffer.byteLength'), 65536);
+  });
 });

@@ -469,6 +469,9 @@ extern "C" int cdn_engine_run_tasks(cdn_engine_isolate_t* iso,
       isolate->PerformMicrotaskCheckpoint();
     if (isolate->IsExecutionTerminating()) {
       err = CDN_ETERMINATED;
+      // The tasks left are dropped: an async compilation one of them
+      // would have finished never settles, and must not hold the loop.
+      iso->wasm_pending.clear();
       break;
     }
   }

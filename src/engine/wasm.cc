@@ -20,6 +20,7 @@
 //
 // Everything here runs on the thread holding the isolate's lock, except
 // cdn_engine_poll (the watchdog's thread).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -58,6 +59,9 @@ constexpr size_t kMaxAllMemories = 48;
 // and a builtin that fills a memory does not stop for it, so the maxima
 // bound what the host may have to hold (the limit's documented 4x).
 constexpr uint64_t kMaxGrowth = 4;
+// Async compilations pending at once in a sandbox: each holds a copy of
+// its bytes outside any heap, and each is counted at every refresh.
+constexpr size_t kMaxPending = 64;
 std::atomic<size_t> all_memories{0};
 
 // Whether V8's heap statistics show what AdjustExternal reports: V8 14
@@ -529,23 +533,22 @@ v8::MaybeLocal<Object> NewMemory(Local<Context> context, Local<Function> orig,
   Local<Object> in = descriptor.As<Object>();
   Local<Object> copy =
       Object::New(isolate, v8::Null(isolate), nullptr, nullptr, 0);
-  enum { kAddress, kIndex, kInitial, kMinimum, kMaximum, kShared, kCount };
-  static const char* const kKeys[kCount] = {"address", "index",   "initial",
-                                            "minimum", "maximum", "shared"};
+  enum { kAddress, kInitial, kMinimum, kMaximum, kShared, kCount };
+  static const char* const kKeys[kCount] = {"address", "initial", "minimum",
+                                            "maximum", "shared"};
   Local<Value> values[kCount];
   for (int i = 0; i < kCount; i++) {
     Local<String> key = String::NewFromUtf8(isolate, kKeys[i]).ToLocalChecked();
     if (!in->Get(context, key).ToLocal(&values[i])) return {};
   }
-  // The address type first: it decides how the sizes convert.
+  // The address type first: it decides how the sizes convert. (`index`,
+  // its old name, V8 no longer reads: it is not read here either.)
   bool is64 = false;
-  for (int i : {kAddress, kIndex}) {
-    if (values[i]->IsUndefined()) continue;
+  if (!values[kAddress]->IsUndefined()) {
     Local<String> str;
-    if (!values[i]->ToString(context).ToLocal(&str)) return {};
-    values[i] = str;
-    is64 =
-        is64 || str->StringEquals(String::NewFromUtf8Literal(isolate, "i64"));
+    if (!values[kAddress]->ToString(context).ToLocal(&str)) return {};
+    values[kAddress] = str;
+    is64 = str->StringEquals(String::NewFromUtf8Literal(isolate, "i64"));
   }
   for (int i : {kInitial, kMinimum, kMaximum}) {
     if (values[i]->IsUndefined()) continue;
@@ -826,6 +829,17 @@ void ReturnCounted(const FunctionCallbackInfo<Value>& info,
 // false or the original threw, a promise rejected with what was caught.
 void FinishAsync(const FunctionCallbackInfo<Value>& info, int which, bool ok,
                  std::vector<Local<Value>>* args, v8::TryCatch* try_catch) {
+  cdn_engine_isolate_t* iso = IsoOf(info.GetIsolate());
+  if (ok && iso->wasm_pending.size() >= kMaxPending) {
+    RefreshWasmMemories(iso);
+    if (iso->wasm_pending.size() >= kMaxPending) {
+      info.GetIsolate()->ThrowException(
+          v8::Exception::RangeError(String::NewFromUtf8Literal(
+              info.GetIsolate(),
+              "WebAssembly: a sandbox has at most 64 compilations pending")));
+      ok = false;
+    }
+  }
   Local<Value> result;
   if (ok && CallOrig(info, which, args).ToLocal(&result))
     return ReturnCounted(info, result);
@@ -1018,16 +1032,17 @@ bool InstallWasmLimits(cdn_engine_isolate_t* iso, Local<Context> context) {
 
 void RefreshWasmMemories(cdn_engine_isolate_t* iso) {
   Refresh(iso);
+  HandleScope scope(iso->isolate);
   auto& pending = iso->wasm_pending;
-  for (auto it = pending.begin(); it != pending.end();) {
-    auto link = it->second.lock();
-    if (link == nullptr || link->rec == nullptr ||
-        it->first.Get(iso->isolate)->State() != v8::Promise::kPending) {
-      it = pending.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  pending.erase(std::remove_if(pending.begin(), pending.end(),
+                               [iso](const auto& p) {
+                                 auto link = p.second.lock();
+                                 return link == nullptr ||
+                                        link->rec == nullptr ||
+                                        p.first.Get(iso->isolate)->State() !=
+                                            v8::Promise::kPending;
+                               }),
+                pending.end());
   iso->wasm_async.store(static_cast<int>(pending.size()),
                         std::memory_order_release);
 }
