@@ -204,6 +204,8 @@ export class Module {
   readonly filename: string;
   /** Load its static imports through the callback, link and evaluate it. */
   evaluate(options?: { timeout?: number; signal?: AbortSignal }): Promise<void>;
+  /** A copy of its exports as they are now, once evaluate() has fulfilled (else ERR_VM_MODULE_STATUS). */
+  readonly namespace: Record<string, any>;
 }
 
 /** Code compiled once, runnable in any context of its isolate. */

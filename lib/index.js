@@ -407,6 +407,15 @@ function makeProxy(handle, name, length, context, timeout, target = {}, cpuTimeo
   target.context = context;
   target.timeout = timeout;
   target.cpuTimeout ??= cpuTimeout || 0;
+  // A thenable's then: the host's promise machinery calls it from its
+  // microtask queue, and a then that resolves with another thenable keeps
+  // it doing so without end. It runs under the bound of the call that
+  // handed it out, and the thens of one chain (handed out by a then of it)
+  // share that bound as a budget per host loop turn.
+  if (name === 'then') {
+    target.chain = activeChain ?? { turn: -1, spent: 0 };
+    if (timeout === undefined && activeTimeout > 0) target.timeout = activeTimeout;
+  }
   const proxy = {
     // A method: callable with any `this`, and not a constructor.
     [name](...args) {
@@ -427,7 +436,46 @@ function targetContext(target) {
   return context;
 }
 
+// Host loop turns, counted while thens run (a setImmediate ends a turn).
+let turn = 0;
+let turnEnding = false;
+function currentTurn() {
+  if (!turnEnding) {
+    turnEnding = true;
+    setImmediate(() => {
+      turnEnding = false;
+      turn++;
+    });
+  }
+  return turn;
+}
+let activeChain = null; // the chain of the then running
+
 function callTarget(target, thisArg, args, timeout, cpuTimeout) {
+  if (target.chain !== undefined) return callThen(target, thisArg, args, timeout, cpuTimeout);
+  return callTargetRaw(target, thisArg, args, timeout, cpuTimeout);
+}
+
+function callThen(target, thisArg, args, timeout, cpuTimeout) {
+  const { chain } = target;
+  const t = currentTurn();
+  if (chain.turn !== t) {
+    chain.turn = t;
+    chain.spent = 0;
+  }
+  if (chain.spent >= (timeout || SETTLE_TIMEOUT)) throw new TimeoutError(timeout);
+  const prevChain = activeChain;
+  activeChain = chain;
+  const t0 = now();
+  try {
+    return callTargetRaw(target, thisArg, args, timeout, cpuTimeout);
+  } finally {
+    activeChain = prevChain;
+    chain.spent += now() - t0;
+  }
+}
+
+function callTargetRaw(target, thisArg, args, timeout, cpuTimeout) {
   const context = targetContext(target);
   const { handle } = target;
   const n = args.length;
@@ -1159,6 +1207,7 @@ class Module {
   #importCallback;
   #filename;
   #linked = null; // the promise of linking its graph, once started
+  #evaluated = false; // evaluate() fulfilled
 
   static {
     moduleHandle = (module) => module.#handle;
@@ -1196,6 +1245,22 @@ class Module {
   }
 
   /**
+   * A copy of the module's exports as they are now (functions by
+   * reference, under the context's timeout), once evaluate() has
+   * fulfilled; each read copies them again, so later changes to its
+   * bindings show.
+   */
+  get namespace() {
+    if (!this.#evaluated) {
+      throw withCode(new Error('The module must be evaluated before its namespace is read'), 'ERR_VM_MODULE_STATUS');
+    }
+    const timeout = contextTimeout(this.#context);
+    const handle = this.#handle;
+    contextHandle(this.#context); // (disposed: DisposedError)
+    return bounded(this.#context, timeout, () => binding.moduleNamespace(handle, timeout));
+  }
+
+  /**
    * Load its static imports (through the import callback), link and
    * evaluate it. Resolves when the module has run (top-level await
    * included).
@@ -1210,6 +1275,7 @@ class Module {
     const work = (async () => {
       await linkModule(this);
       await evaluateModule(this, timeout, signal);
+      this.#evaluated = true;
     })();
     if (signal === undefined) return work;
     // Aborted: rejects at once; the module's code is not resumed after.

@@ -194,6 +194,14 @@ static napi_value mod__js_value(napi_env env, napi_callback_info info,
   return result;
 }
 
+static int mod__namespace_body(void* arg, cdn_value_t* out) {
+  return cdn_engine_module_namespace(arg, out);
+}
+
+static napi_value mod__js_namespace(napi_env env, napi_callback_info info) {
+  return mod__js_value(env, info, mod__namespace_body);
+}
+
 static napi_value mod__js_requests(napi_env env, napi_callback_info info) {
   return mod__js_value(env, info, mod__requests_body);
 }
@@ -257,6 +265,8 @@ napi_value mod_init_exports(napi_env env, napi_value exports) {
       {"moduleRequests", NULL, mod__js_requests, NULL, NULL, NULL, napi_default,
        NULL},
       {"moduleLink", NULL, mod__js_link, NULL, NULL, NULL, napi_default, NULL},
+      {"moduleNamespace", NULL, mod__js_namespace, NULL, NULL, NULL,
+       napi_default, NULL},
       {"moduleEvaluate", NULL, mod__js_evaluate, NULL, NULL, NULL, napi_default,
        NULL},
       {"importResolve", NULL, mod__js_resolve, NULL, NULL, NULL, napi_default,

@@ -50,6 +50,16 @@ int run_on_host(cdn_env_t* cenv) {
 
 static void run__thread(void* arg);
 
+/* With mu held: start one more runner thread, if the pool has room. */
+static int run__spawn(cdn_env_t* cenv) {
+  run_t* r = &cenv->run;
+  if (r->nthreads >= r->max_threads ||
+      uv_thread_create(&r->threads[r->nthreads], run__thread, cenv) != 0)
+    return 0;
+  r->nthreads++;
+  return 1;
+}
+
 /* With mu held: put `iso` on the ready list and get a runner to it. */
 static void run__schedule(cdn_env_t* cenv, iso_t* iso) {
   run_t* r = &cenv->run;
@@ -66,10 +76,8 @@ static void run__schedule(cdn_env_t* cenv, iso_t* iso) {
      * isolates scheduled at once would both go to one sleeping runner) */
     r->waking++;
     uv_cond_signal(&r->pool_cv);
-  } else if (r->nthreads < r->max_threads &&
-             uv_thread_create(&r->threads[r->nthreads], run__thread, cenv) ==
-                 0) {
-    r->nthreads++;
+  } else {
+    (void)run__spawn(cenv);
   }
 }
 
@@ -267,6 +275,10 @@ int run_queue(iso_job_t* job) {
   iso->jobs_tail = job;
   if (r->inflight++ == 0) uv_ref((uv_handle_t*)r->mail);
   if (iso->owner == ISO_FREE) run__schedule(iso->env, iso);
+  /* Held (a job queued from a host callback, or from host code run while
+   * the host delivers its promises): scheduled when let go, but the pool
+   * must have a runner by then. */
+  if (r->nthreads == 0) (void)run__spawn(iso->env);
   uv_mutex_unlock(&r->mu);
   if (r->nthreads == 0) {
     /* Not even one runner could be started: nothing would ever run it. */

@@ -98,6 +98,23 @@ describe('bounds inherited by what a run spawns', () => {
     assert.throws(() => cordon.apply(value.f, value, [], { timeout: 20 }), { code: 'ERR_SCRIPT_EXECUTION_TIMEOUT' });
   });
 
+  // A then that resolves with another thenable: the host's promise
+  // machinery would call thens without end, never letting its loop turn.
+  it('should end a self-chaining thenable at the bound of the run that made it', async () => {
+    const code = '({ then(r) { const t = { then(r2) { r2(t) } }; r(t) } })';
+    const { error, ms } = await timed(Promise.resolve(cordon.runInContext(code, ctx, { timeout: BOUND })));
+    assert.equal(error.code, 'ERR_SCRIPT_EXECUTION_TIMEOUT');
+    within(ms);
+    // Under a context's timeout, and with no bound at all (1 s a loop turn).
+    const c = iso.createContext({}, { timeout: BOUND });
+    assert.equal((await rejection(Promise.resolve(cordon.runInContext(code, c)))).code, 'ERR_SCRIPT_EXECUTION_TIMEOUT');
+    const t0 = performance.now();
+    assert.equal((await rejection(Promise.resolve(cordon.runInContext(code, ctx)))).code, 'ERR_SCRIPT_EXECUTION_TIMEOUT');
+    within(performance.now() - t0, 1000);
+    // An ordinary thenable still resolves.
+    assert.equal(await cordon.runInContext('({ then(r) { r({ then(r2) { r2(7) } }) } })', ctx, { timeout: BOUND }), 7);
+  });
+
   it('should refuse Atomics.wait, which cpuTimeout alone could never end', async () => {
     const code = 'Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0)';
     await assert.rejects(ctx.run(code, { cpuTimeout: BOUND }), { name: 'TypeError', message: /Atomics\.wait/ });
@@ -159,5 +176,22 @@ describe('liveness of a bounded promise result (bare script)', () => {
       `import cordon from ${JSON.stringify(require.resolve('..'))}; ${body}`]);
     assert.equal(esm.stdout.trim(), 'ERR_SCRIPT_EXECUTION_TIMEOUT', esm.stderr);
     assert.equal(esm.code, 0);
+  });
+});
+
+// In a fresh process (no runner thread started yet), as a new user meets
+// them: an async run queued while the host holds the isolate to deliver
+// its promises used to fail with ERR_CORDON_INTERNAL.
+describe('async runs queued while the host delivers promises (fresh process)', () => {
+  it('should run ctx.run from a reaction to a sandbox promise, and an import() of an evaluated Module', async () => {
+    const r = await runNode(['-e', `const cordon = require(${JSON.stringify(require.resolve('..'))});
+      (async () => {
+        const ctx = cordon.createContext();
+        console.log(await cordon.runInContext('Promise.resolve(1)', ctx).then(() => ctx.run('2')));
+        const m = new cordon.Module('export default 5', { context: ctx });
+        await m.evaluate();
+        console.log(await ctx.run('import("x").then((n) => n.default)', { importModuleDynamically: () => m }));
+      })().catch((e) => console.log(e.code, e.message));`]);
+    assert.equal(r.stdout, '2\n5\n', r.stderr);
   });
 });

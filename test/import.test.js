@@ -297,3 +297,27 @@ describe('import() lifetimes', () => {
     assert.equal(cordon.runInNewContext('1 + 1'), 2);
   });
 });
+
+describe('module.namespace', () => {
+  it('should copy the exports once evaluated, again at each read, and refuse before', async () => {
+    const ctx = cordon.createContext();
+    const m = new cordon.Module('export let n = 1; export function inc() { return ++n } export default { a: [1] }; await 0;',
+      { context: ctx });
+    assert.throws(() => m.namespace, { code: 'ERR_VM_MODULE_STATUS' });
+    await m.evaluate();
+    const ns = m.namespace;
+    assert.deepEqual(Object.keys(ns).sort(), ['default', 'inc', 'n']);
+    assert.equal(ns.n, 1);
+    assert.equal(ns.inc(), 2);
+    assert.equal(m.namespace.n, 2);
+    assert.deepEqual(ns.default, { a: [1] });
+    ctx.dispose();
+    assert.throws(() => m.namespace, { code: 'ERR_ISOLATE_DISPOSED' });
+  });
+
+  it('should refuse the namespace of a module whose evaluation threw', async () => {
+    const m = new cordon.Module('export const a = 1; throw new TypeError("no")');
+    await assert.rejects(m.evaluate(), { name: 'TypeError' });
+    assert.throws(() => m.namespace, { code: 'ERR_VM_MODULE_STATUS' });
+  });
+});

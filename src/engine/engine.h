@@ -348,6 +348,9 @@ void cdn_engine_module_link(cdn_engine_module_t* m, size_t index,
 /* With the lock held: instantiate (once every module of the graph is
  * linked), then evaluate; `out` is the evaluation promise. */
 int cdn_engine_module_evaluate(cdn_engine_module_t* m, cdn_value_t* out);
+/* With the lock held: a copy of an instantiated module's namespace (its
+ * exports as they are now). */
+int cdn_engine_module_namespace(cdn_engine_module_t* m, cdn_value_t* out);
 /* With the lock held: resolve an import() with an evaluated module's
  * namespace (or reject it with the module's error). */
 int cdn_engine_import_resolve(cdn_engine_resolver_t* r, cdn_engine_module_t* m);

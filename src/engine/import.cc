@@ -469,6 +469,23 @@ extern "C" int cdn_engine_module_evaluate(cdn_engine_module_t* m,
   return cordon::ToHost(isolate, context, result, rec->link, out);
 }
 
+extern "C" int cdn_engine_module_namespace(cdn_engine_module_t* m,
+                                           cdn_value_t* out) {
+  auto* rec = reinterpret_cast<ModuleRecord*>(m);
+  cdn_engine_isolate_t* iso = rec->iso();
+  Isolate* isolate = iso->isolate;
+  *out = cdn_value_t{};
+  if (rec->link->rec == nullptr) return CDN_EDISPOSED;
+  cordon::Entry entry(isolate, rec->link->rec->context);
+  Local<v8::Module> module = rec->module.Get(isolate);
+  if (module->GetStatus() < v8::Module::kInstantiated) {
+    cordon::SetError(out, "Error", "the module is not linked");
+    return CDN_EEXCEPTION;
+  }
+  return cordon::ToHost(isolate, entry.context, module->GetModuleNamespace(),
+                        rec->link, out);
+}
+
 extern "C" int cdn_engine_import_resolve(cdn_engine_resolver_t* r,
                                          cdn_engine_module_t* m) {
   auto* rrec = reinterpret_cast<ResolverRecord*>(r);
