@@ -270,6 +270,9 @@ struct cdn_engine_isolate_s {
       std::pair<v8::Global<v8::Promise>, std::weak_ptr<cordon::ContextLink>>>
       wasm_pending;
   std::atomic<int> wasm_async{0};
+  // Compiled modules (phantom handles) and what each is charged, which
+  // ExternalMemory adds while they live (under the lock).
+  std::vector<std::pair<v8::Global<v8::Object>, uint64_t>> wasm_modules;
   // Their sizes as wasm.cc reported them to V8 (lines whose V8 does not
   // count them itself); under the lock.
   int64_t wasm_bytes = 0;
