@@ -345,10 +345,10 @@ void Forget(cdn_engine_isolate_t* iso, WasmMemory* m) {
   delete m;
 }
 
-// Re-read every memory's size, forget those whose pages are gone, and
-// tell V8 what changed.
 void PruneModules(cdn_engine_isolate_t* iso);
 
+// Re-read every memory's size, forget those whose pages are gone (and the
+// modules that were collected), and tell V8 what changed.
 void Refresh(cdn_engine_isolate_t* iso) {
   PruneModules(iso);
   if (iso->wasm_memories.empty()) return;
