@@ -199,11 +199,21 @@ function makeDeferred() {
   let timer = null;
   if (activeDeadline > 0) {
     const timeout = activeTimeout;
-    timer = setTimeout(() => {
+    const deadline = activeDeadline;
+    // (A timer counts from the loop's cached time, which may lag: it can
+    // fire early, while sandbox code of the unit may still run. Not before
+    // the deadline, then.)
+    const expire = () => {
+      const left = deadline - now();
+      if (left > 0) {
+        timer = setTimeout(expire, Math.ceil(left));
+        return;
+      }
       timer = null;
       unwatch();
       rejectSandboxPromise(promise, reject, new TimeoutError(timeout), context);
-    }, Math.max(0, activeDeadline - now()));
+    };
+    timer = setTimeout(expire, Math.ceil(Math.max(0, deadline - now())));
   }
   const signal = activeSignal;
   const unwatch = cancel.watch(signal, () => {
@@ -281,7 +291,7 @@ function adopt(promise, handle) {
     }
     try {
       boundedRaw(context, () => binding.settleSandbox(handle, rejected, encoded, timeout, description,
-        jobDone(context, timeout, deadline, signal)), timeout, 0, deadline, signal);
+        jobDone(context, timeout, deadline, signal), deadline > 0), timeout, 0, deadline, signal);
     } catch {
       // A timeout or a disposal while the sandbox reacted: nothing awaits it
       // on the host side.

@@ -142,6 +142,8 @@ struct iso_job_s {
   napi_ref done;                /* lib's done(status, ...), or NULL */
   napi_ref keep;                /* a handle the job uses, or NULL */
   uint64_t start_ns;            /* uv_hrtime() when its runner began it */
+  uint64_t deadline_ns;         /* nonzero: its bound ends then, however long it
+                                   waited in the queue (a settlement's) */
   uint64_t id;                  /* unique in the process, from iso_start */
   int err;
   cdn_value_t out;

@@ -169,8 +169,16 @@ int iso_call_ex(iso_t* iso, double timeout_ms, double cpu_ms, iso_body_fn body,
 
 void iso_run_job(iso_job_t* job) {
   iso_t* iso = job->iso;
+  uint64_t now = uv_hrtime();
+  if (job->deadline_ns != 0) {
+    if (now >= job->deadline_ns) {
+      job->err = CDN_KTIMEOUT; /* its time ran out in the queue */
+      return;
+    }
+    job->timeout_ms = (double)(job->deadline_ns - now) / 1e6;
+  }
   iso->job = job;
-  __atomic_store_n(&job->start_ns, uv_hrtime(), __ATOMIC_RELEASE);
+  __atomic_store_n(&job->start_ns, now, __ATOMIC_RELEASE);
   job->err =
       iso__run(iso, 1, job->timeout_ms, job->cpu_ms, job->body, job, &job->out);
   iso->job = NULL;

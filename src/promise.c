@@ -220,13 +220,13 @@ static void prm__settle_job_free(iso_job_t* job) {
 }
 
 /* settleSandbox(resolver, rejected, value, timeoutMs, errorDescription,
- *               done): at once, or, when an async job holds the isolate
- * (or jobs wait for it), as a job after them, which ends by calling lib's
- * `done` (its scope: the context and bound): the host loop never waits for
- * a runner here. */
+ *               done[, fromNow]): at once, or, when an async job holds the
+ * isolate (or jobs wait for it), as a job after them, which ends by calling
+ * lib's `done` (its scope: the context and bound): the host loop never waits
+ * for a runner here. */
 static napi_value prm__js_settle(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
+  size_t argc = 7;
+  napi_value argv[7];
   napi_valuetype desc_type;
   prm_settle_job_t* j;
   cdn_value_t out;
@@ -266,6 +266,12 @@ static napi_value prm__js_settle(napi_env env, napi_callback_info info) {
   j->job.iso = iso;
   j->job.timeout_ms = timeout;
   if (run_busy(iso)) {
+    bool from_now = false;
+    /* Queued behind a runner: a bound that is what is left of the unit of
+     * work that awaits it counts from now, not from when it runs. */
+    if (argc > 6 && napi_get_value_bool(env, argv[6], &from_now) == napi_ok &&
+        from_now && timeout > 0)
+      j->job.deadline_ns = uv_hrtime() + (uint64_t)(timeout * 1e6);
     /* The job holds the resolver's handle (its finaliser frees the
      * engine's record) until it has run. */
     st = val_own(&j->value);
